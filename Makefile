@@ -1,0 +1,29 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create .venv with Python 3.11 and install the package with its pinned stack.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   ?= demo_out
+DEMO_TRACKS ?= 120
+
+.PHONY: demo test install clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip setuptools wheel
+
+$(VENV)/.installed: $(BIN)/activate setup.py
+	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip check
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	bash scripts/demo.sh $(BIN) $(DEMO) $(DEMO_TRACKS)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) $(DEMO) *.egg-info

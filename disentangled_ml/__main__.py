@@ -1,0 +1,5 @@
+import sys
+
+from disentangled_ml.cli import main
+
+sys.exit(main())

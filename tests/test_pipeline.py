@@ -1,0 +1,179 @@
+"""The tf.data training pipeline and the pool miner: rule validity, overlap, determinism, bad files."""
+
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import tensorflow as tf
+
+from disentangled_ml.audio_io import probe_audio
+from disentangled_ml.config import Config, ConfigError
+from disentangled_ml.data.labels import LabelTables
+from disentangled_ml.data.manifest import Track
+from disentangled_ml.data.mining import mine_triplets
+from disentangled_ml.data.pipeline import DecodeStats, training_dataset
+from disentangled_ml.features import log_mel
+
+GENRES = ["rock", "jazz", "pop"]
+MOODS = ["happy", "sad"]
+
+
+def tiny_config(**overrides):
+    base = {
+        "frontend.sample_rate": 8000, "frontend.segment_seconds": 1.0, "frontend.n_fft": 256,
+        "frontend.hop_length": 128, "frontend.n_mels": 16, "data.excerpt_seconds": 2.5,
+        "data.pool_size": 8, "data.triplets_per_track": 4, "train.batch_size": 8,
+    }
+    base.update(overrides)
+    return Config().replace(**base)
+
+
+def write_tracks(root, n=12, seconds=3.0, sr=8000, seed=0):
+    """n short tracks with labels; genre/mood cycle, tempo spread, some unknown labels."""
+    rng = np.random.default_rng(seed)
+    tracks = []
+    for i in range(n):
+        ext = [".wav", ".flac", ".ogg"][i % 3]
+        path = os.path.join(root, f"t{i:02d}{ext}")
+        t = np.arange(int(seconds * sr)) / sr
+        y = 0.3 * np.sin(2 * np.pi * (110 + 20 * i) * t) + 0.05 * rng.standard_normal(t.size)
+        sf.write(path, y.astype(np.float32), sr)
+        info = probe_audio(path)
+        labels = {
+            "genre": (GENRES[i % 3],),
+            "mood": () if i % 5 == 4 else (MOODS[i % 2],),  # some unknown
+            "instrument": ("guitar", "piano") if i % 4 == 0 else (("piano",) if i % 2 else ("drums",)),
+        }
+        tracks.append(Track(path=path, track_id=f"t{i:02d}", labels=labels, tempo=60.0 + 15.0 * (i // 2) + 3.0 * (i % 2),
+                            info={"format_code": info.format_code, "sample_rate": str(info.sample_rate),
+                                  "num_frames": str(info.num_frames), "channels": str(info.channels)}))
+    return tracks
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    root = tmp_path_factory.mktemp("collection")
+    cfg = tiny_config()
+    tracks = write_tracks(str(root))
+    return tracks, LabelTables.from_tracks(tracks, cfg), cfg
+
+
+def _similar(tables, cond, i, j, cfg):
+    name = tables.conditions[cond]
+    if name == "tempo":
+        d = abs(tables.tempo[i] - tables.tempo[j])
+        return d <= cfg.conditions.tempo_positive_bpm, d > cfg.conditions.tempo_negative_bpm
+    shared = bool((tables.classes[cond][i] & tables.classes[cond][j]).any())
+    return shared, not shared
+
+
+def test_mined_triplets_obey_rules(collection):
+    tracks, tables, cfg = collection
+    n = len(tracks)
+    known = tables.known
+    num_frames = np.full(n, 1 + (int(2.5 * 8000) - 256) // 128, np.int32)
+    trip = mine_triplets(tf.constant([1, 2]), [tf.constant(m) for m in tables.classes], tf.constant(tables.tempo),
+                         tf.range(n), tf.constant(num_frames), 2000, tf.constant([0.2] * 5), cfg)
+    trip = {k: v.numpy() for k, v in trip.items()}
+    assert trip["valid"].all()
+    seg = cfg.frontend.num_frames
+    counts = np.bincount(trip["condition"], minlength=5)
+    assert (counts > 200).all(), counts  # every condition and track drawn
+    for c, a, p, ng, fa, fp, fn in zip(trip["condition"], trip["anchor"], trip["positive"], trip["negative"],
+                                       trip["anchor_frame"], trip["positive_frame"], trip["negative_frame"]):
+        for f in (fa, fp, fn):
+            assert 0 <= f <= num_frames[0] - seg
+        assert ng != a
+        if c == 4:  # track triplet: same track, crops overlap <= 50 %
+            assert p == a
+            overlap = max(0, seg - abs(int(fa) - int(fp))) / seg
+            assert overlap <= 0.5
+        else:
+            assert p != a
+            assert known[a, c] and known[p, c] and known[ng, c]
+            sim_p, _ = _similar(tables, c, a, p, cfg)
+            _, dis_n = _similar(tables, c, a, ng, cfg)
+            assert sim_p and dis_n, (c, a, p, ng)
+
+
+def test_class_balanced_sampling_evens_out_classes(collection):
+    tracks, tables, cfg = collection
+    # make genre very unbalanced: 10 rock vs 2 jazz by relabelling in a copy
+    m = np.zeros((len(tracks), 2), bool)
+    m[:10, 0] = True
+    m[10:, 1] = True
+    classes = [tf.constant(m)] + [tf.constant(x) for x in tables.classes[1:]]
+    nf = tf.fill([len(tracks)], 50)
+    for balanced, expect_jazz in ((True, 0.5), (False, 2 / 12)):
+        c = cfg.replace(**{"data.class_balanced": balanced})
+        trip = mine_triplets(tf.constant([3, 4]), classes, tf.constant(tables.tempo), tf.range(len(tracks)), nf,
+                             4000, tf.constant([1.0, 0, 0, 0, 0]), c)
+        share = float(np.mean(trip["anchor"].numpy() >= 10))
+        assert abs(share - expect_jazz) < 0.05, (balanced, share)
+
+
+def test_unknown_labels_never_used(collection):
+    tracks, tables, cfg = collection
+    mood = tables.conditions.index("mood")
+    unknown = {i for i, t in enumerate(tracks) if not t.labels["mood"]}
+    assert unknown
+    trip = mine_triplets(tf.constant([5, 6]), [tf.constant(m) for m in tables.classes], tf.constant(tables.tempo),
+                         tf.range(len(tracks)), tf.fill([len(tracks)], 50), 1000,
+                         tf.constant([0, 1.0, 0, 0, 0]), cfg)
+    used = set(trip["anchor"].numpy()) | set(trip["positive"].numpy()) | set(trip["negative"].numpy())
+    assert (trip["condition"].numpy() == mood).all()
+    assert not (used & unknown)
+
+
+def _take(ds, n):
+    return [{k: v.numpy() for k, v in x.items()} for x in ds.take(n)]
+
+
+def test_training_dataset_shapes_crops_and_determinism(collection):
+    tracks, tables, cfg = collection
+    rows = list(range(len(tracks)))
+    a = _take(training_dataset(tracks, tables, rows, cfg, seed=7), 5)
+    b = _take(training_dataset(tracks, tables, rows, cfg, seed=7), 5)
+    c = _take(training_dataset(tracks, tables, rows, cfg, seed=8), 5)
+    f, m = cfg.frontend.num_frames, cfg.frontend.n_mels
+    for x in a:
+        assert x["anchor"].shape == (8, f, m) and x["condition"].shape == (8,)
+        assert x["positive"].dtype == np.float32 and np.isfinite(x["negative"]).all()
+    for x, y in zip(a, b):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    assert any(not np.array_equal(x["anchor"], y["anchor"]) for x, y in zip(a, c))
+
+
+def test_crop_of_excerpt_mel_equals_mel_of_waveform_crop(collection):
+    """The pipeline slices crops out of the excerpt's log-mel; that must equal the crop's own log-mel."""
+    _, _, cfg = collection
+    fe = cfg.frontend
+    y = np.random.default_rng(0).standard_normal(3 * fe.sample_rate).astype(np.float32) * 0.1
+    whole = log_mel(y[None], fe).numpy()[0]
+    start = 7
+    crop = y[start * fe.hop_length: start * fe.hop_length + fe.segment_samples]
+    np.testing.assert_allclose(whole[start:start + fe.num_frames], log_mel(crop[None], fe).numpy()[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_bad_file_at_train_time_is_skipped_and_counted(collection, tmp_path):
+    tracks, tables, cfg = collection
+    broken = list(tracks)
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(open(tracks[0].path, "rb").read()[:30])  # truncated inside the header
+    broken[0] = Track(path=str(bad), track_id=tracks[0].track_id, labels=tracks[0].labels, tempo=tracks[0].tempo,
+                      info=dict(tracks[0].info))
+    stats = DecodeStats()
+    batches = _take(training_dataset(broken, tables, list(range(len(broken))), cfg, stats=stats), 3)
+    assert len(batches) == 3
+    assert stats.skipped == 1 and stats.decoded.numpy() == len(tracks) - 1
+
+
+def test_config_errors(collection):
+    tracks, tables, cfg = collection
+    with pytest.raises(ConfigError, match="excerpt_seconds"):
+        training_dataset(tracks, tables, [0, 1, 2], cfg.replace(**{"data.excerpt_seconds": 1.2}))
+    with pytest.raises(ConfigError, match="cannot form triplets"):
+        training_dataset(tracks, tables, [0], cfg)
