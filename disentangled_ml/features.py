@@ -1,0 +1,222 @@
+"""The log-mel frontend: waveform -> compressed, standardised mel spectrogram.
+
+The frontend of Park et al. (2018) as used by Lee et al. (2020): a 1024-sample
+periodic Hann window, hop 512, no centre padding, 128 Slaney mel bands, power
+spectrogram, compressed as ``log10(1 + 10 * S)`` and standardised with fixed
+statistics. Every number comes from :class:`disentangled_ml.config.FrontendConfig`.
+
+It is written in TensorFlow ops that convert to TFLite *builtins* (frame, RFFT,
+Real/Imag, MatMul, Log), so the same graph runs in the ``tf.data`` pipeline, inside
+the Keras model, in the SavedModel and in the ``.tflite`` export (DESIGN.md
+contract 2: the waveform goes in, no client reimplements the frontend).
+
+Three entry points share one definition:
+
+* :func:`log_mel`: a plain function on tensors, for ``tf.data`` batches.
+* :class:`LogMelSpectrogram`: the same as a serialisable Keras 3 layer.
+* :func:`log_mel_librosa`: a numpy/librosa reference used by tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from disentangled_ml.config import ConfigError, FrontendConfig
+
+__all__ = ["mel_filterbank", "log_mel", "log_mel_librosa", "LogMelSpectrogram", "frontend_kwargs"]
+
+_LN10 = math.log(10.0)
+
+
+def frontend_kwargs(cfg: FrontendConfig) -> Dict[str, Any]:
+    """The frontend fields of ``cfg`` as a plain (JSON-serialisable) dict."""
+    return dataclasses.asdict(cfg)
+
+
+def mel_filterbank(cfg: FrontendConfig) -> np.ndarray:
+    """Slaney mel filterbank, transposed for right-multiplication.
+
+    We reuse librosa's filterbank rather than ``tf.signal.linear_to_mel_weight_matrix``:
+    the latter uses the HTK mel scale without area normalisation, so it would not
+    match librosa (and therefore Park et al., whose features were computed with it).
+
+    Args:
+        cfg: the frontend configuration.
+
+    Returns:
+        np.ndarray, float32, shape ``[n_fft // 2 + 1, n_mels]``.
+    """
+    import librosa  # lazy: only needed at construction, not inside the graph
+
+    fb = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels,
+                             fmin=cfg.fmin, fmax=cfg.mel_fmax, dtype=np.float32)
+    return np.ascontiguousarray(fb.T, dtype=np.float32)
+
+
+def log_mel(waveform: Any, cfg: FrontendConfig, mel_matrix: Optional[Any] = None) -> tf.Tensor:
+    """Compressed, standardised log-mel spectrogram of a waveform, in TensorFlow ops.
+
+    Args:
+        waveform: float32 tensor ``[..., samples]`` (typically ``[batch, samples]``),
+            amplitude in [-1, 1], sampled at ``cfg.sample_rate`` Hz. At least
+            ``cfg.n_fft`` samples long.
+        cfg: the frontend configuration.
+        mel_matrix: optional precomputed :func:`mel_filterbank` (``[n_fft//2+1, n_mels]``);
+            computed from ``cfg`` when omitted.
+
+    Returns:
+        tf.Tensor, float32, shape ``[..., num_frames, n_mels]`` with
+        ``num_frames = 1 + (samples - n_fft) // hop_length`` (no centre padding, the
+        trailing partial frame is dropped). Values are
+        ``(log10(1 + log_multiplier * S) - norm_mean) / norm_std`` where ``S`` is the
+        mel-filtered ``|STFT| ** power``.
+
+    Raises:
+        ValueError: when the waveform is statically known to be shorter than ``n_fft``.
+    """
+    x = tf.convert_to_tensor(waveform)
+    if x.dtype != tf.float32:
+        x = tf.cast(x, tf.float32)
+    n = x.shape[-1] if x.shape.rank else None
+    if x.shape.rank == 0:
+        raise ValueError("log_mel: the waveform must have at least one (time) axis, got a scalar.")
+    if n is not None and n < cfg.n_fft:
+        raise ValueError(f"log_mel: the waveform has {n} samples, fewer than one STFT window "
+                         f"(n_fft={cfg.n_fft}); pad or use a longer excerpt.")
+    if mel_matrix is None:
+        mel_matrix = mel_filterbank(cfg)
+    mel = tf.constant(mel_matrix, dtype=tf.float32) if not isinstance(mel_matrix, tf.Tensor) else mel_matrix
+
+    # pad_end=False: librosa's center=False drops the trailing partial frame too.
+    frames = tf.signal.frame(x, cfg.n_fft, cfg.hop_length, pad_end=False)  # [..., T, n_fft]
+    window = tf.signal.hann_window(cfg.n_fft, periodic=True, dtype=tf.float32)  # scipy 'hann' (fftbins=True)
+    spec = tf.signal.rfft(frames * window, fft_length=[cfg.n_fft])  # [..., T, n_fft//2+1] complex64
+    # |X|^2 from real and imaginary parts: Real/Imag/Mul/Add are TFLite builtins and the
+    # power spectrogram (the default) needs no square root at all.
+    re, im = tf.math.real(spec), tf.math.imag(spec)
+    power_spec = re * re + im * im
+    if cfg.power == 1.0:
+        power_spec = tf.sqrt(power_spec)
+    s = tf.matmul(power_spec, mel)  # [..., T, n_mels]; broadcasts over leading axes
+    # log10 via natural log: TFLite has LOG but no LOG10; log(1+x) rather than log1p,
+    # which is not a builtin. Absolute error is ~1e-7, far below the parity tolerance.
+    compressed = tf.math.log(1.0 + cfg.log_multiplier * s) * (1.0 / _LN10)
+    if cfg.norm_mean != 0.0 or cfg.norm_std != 1.0:
+        compressed = (compressed - cfg.norm_mean) * (1.0 / cfg.norm_std)
+    return compressed
+
+
+def log_mel_librosa(waveform: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
+    """Numpy reference of :func:`log_mel`, computed with librosa.
+
+    ``librosa.feature.melspectrogram(center=False, window='hann')`` followed by the same
+    compression and standardisation. Slow; for tests, parity checks and benchmarks.
+
+    Args:
+        waveform: float ``[samples]`` or ``[batch, samples]``, in [-1, 1], at ``cfg.sample_rate`` Hz.
+        cfg: the frontend configuration.
+
+    Returns:
+        np.ndarray, float32, ``[num_frames, n_mels]`` or ``[batch, num_frames, n_mels]``
+        (librosa's ``[n_mels, frames]`` transposed to the layer's layout).
+    """
+    import librosa
+
+    y = np.asarray(waveform, dtype=np.float32)
+    if y.shape[-1] < cfg.n_fft:
+        raise ValueError(f"log_mel_librosa: the waveform has {y.shape[-1]} samples, fewer than n_fft={cfg.n_fft}.")
+    s = librosa.feature.melspectrogram(y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                                       n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.mel_fmax, power=cfg.power,
+                                       center=False, window="hann")
+    out = np.log10(1.0 + cfg.log_multiplier * s)
+    out = (out - cfg.norm_mean) / cfg.norm_std
+    return np.swapaxes(out, -1, -2).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="disentangled_ml")
+class LogMelSpectrogram(keras.layers.Layer):
+    """Keras layer: waveform ``[batch, samples]`` -> log-mel ``[batch, num_frames, n_mels(, 1)]``.
+
+    The constructor takes the fields of :class:`~disentangled_ml.config.FrontendConfig`
+    as keyword arguments (so :meth:`get_config` is plain JSON); build it from a config
+    with :meth:`from_frontend`. The mel filterbank is a constant computed at
+    construction, not a weight: a saved model rebuilds it from the config.
+
+    The layer always computes in float32 (an FFT in float16 is not accurate enough),
+    whatever the global dtype policy; cast its output if the backbone runs in
+    mixed precision.
+
+    Args:
+        sample_rate, segment_seconds, n_fft, hop_length, n_mels, fmin, fmax, power,
+            log_multiplier, norm_mean, norm_std: see ``FrontendConfig``; validated
+            there, so a bad value raises :class:`~disentangled_ml.config.ConfigError`.
+        add_channel_axis: append a trailing axis of size 1 (for ``Conv2D``).
+        **kwargs: ``keras.layers.Layer`` arguments (``name``, ...).
+
+    Input:
+        float32 ``[batch, samples]``, in [-1, 1], at ``sample_rate`` Hz,
+        ``samples >= n_fft``.
+    Output:
+        float32 ``[batch, num_frames, n_mels]`` (``[..., 1]`` with ``add_channel_axis``),
+        ``num_frames = 1 + (samples - n_fft) // hop_length``.
+    """
+
+    def __init__(self, sample_rate: int = 22050, segment_seconds: float = 3.0, n_fft: int = 1024,
+                 hop_length: int = 512, n_mels: int = 128, fmin: float = 0.0, fmax: Optional[float] = None,
+                 power: float = 2.0, log_multiplier: float = 10.0, norm_mean: float = 0.0, norm_std: float = 1.0,
+                 add_channel_axis: bool = False, **kwargs: Any) -> None:
+        kwargs.pop("dtype", None)  # always float32; see the class docstring
+        super().__init__(dtype="float32", **kwargs)
+        self.frontend = FrontendConfig(
+            sample_rate=int(sample_rate), segment_seconds=float(segment_seconds), n_fft=int(n_fft),
+            hop_length=int(hop_length), n_mels=int(n_mels), fmin=float(fmin),
+            fmax=None if fmax is None else float(fmax), power=float(power),
+            log_multiplier=float(log_multiplier), norm_mean=float(norm_mean), norm_std=float(norm_std))
+        self.add_channel_axis = bool(add_channel_axis)
+        self._mel_matrix = mel_filterbank(self.frontend)
+        self.supports_masking = False
+
+    @classmethod
+    def from_frontend(cls, cfg: FrontendConfig, add_channel_axis: bool = False, **kwargs: Any) -> "LogMelSpectrogram":
+        """Build the layer from a :class:`FrontendConfig` (e.g. ``Config().frontend``)."""
+        if not isinstance(cfg, FrontendConfig):
+            raise ConfigError(f"LogMelSpectrogram.from_frontend expects a FrontendConfig, got {type(cfg).__name__}.")
+        return cls(**frontend_kwargs(cfg), add_channel_axis=add_channel_axis, **kwargs)
+
+    def num_frames(self, samples: Optional[int]) -> Optional[int]:
+        """Output frames for an input of ``samples`` samples (None when unknown)."""
+        if samples is None:
+            return None
+        if samples < self.frontend.n_fft:
+            raise ValueError(f"{self.name}: input has {samples} samples, fewer than n_fft={self.frontend.n_fft}.")
+        return 1 + (samples - self.frontend.n_fft) // self.frontend.hop_length
+
+    def call(self, inputs: Any) -> tf.Tensor:
+        out = log_mel(inputs, self.frontend, self._mel_matrix)
+        if self.add_channel_axis:
+            out = out[..., tf.newaxis]
+        return out
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        input_shape = tuple(input_shape)
+        if len(input_shape) < 1:
+            raise ValueError(f"{self.name}: expected a waveform [batch, samples], got shape {input_shape}.")
+        shape = (*input_shape[:-1], self.num_frames(input_shape[-1]), self.frontend.n_mels)
+        return shape + (1,) if self.add_channel_axis else shape
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.pop("dtype", None)
+        config.update(frontend_kwargs(self.frontend))
+        config["add_channel_axis"] = self.add_channel_axis
+        return config
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "LogMelSpectrogram":
+        return cls(**config)
