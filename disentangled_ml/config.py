@@ -171,6 +171,9 @@ class ModelConfig:
     width: int = 64  # filters of the stem; blocks scale from it.
     mask_mode: str = "fixed"  # "fixed" slices, "learned" (CSN) or "none" (one global space).
     dropout: float = 0.0
+    # Batch-norm moving-statistics momentum (Keras' default); lower it for short runs,
+    # whose inference-mode statistics otherwise still lag the training batches.
+    batchnorm_momentum: float = 0.99
 
     def __post_init__(self) -> None:
         _check(self.backbone in ("plain", "resnet", "se", "inception"), "model.backbone", self.backbone,
@@ -179,6 +182,7 @@ class ModelConfig:
         _check(self.mask_mode in ("fixed", "learned", "none"), "model.mask_mode", self.mask_mode,
                "'fixed', 'learned' or 'none'")
         _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "in [0, 1)")
+        _check(0 < self.batchnorm_momentum < 1, "model.batchnorm_momentum", self.batchnorm_momentum, "in (0, 1)")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,230 @@
+"""The masked triplet loss of Lee et al. (2020), with per-condition accuracy.
+
+For a triplet ``(a, p, n)`` of condition ``s`` with mask ``m_s`` (a row of
+:meth:`disentangled_ml.models.masks.ConditionMasks.mask_matrix`)::
+
+    l = max(0, ||m_s * (f(a) - f(p))|| - ||m_s * (f(a) - f(n))|| + margin)
+
+with Euclidean (not squared) distances, as in DESIGN.md. Condition ``C`` (one past
+the last name) marks a *track* triplet: its positive is another crop of the
+anchor's track and its mask row is all ones. The objective is::
+
+    L = mean(l over condition triplets) + track_weight * mean(l over track triplets)
+
+(each mean over the triplets of that kind in the batch, 0 when there are none), plus,
+for learned (CSN) masks, ``embed_norm * mean ||raw embedding||``; the masks' own L1
+penalty comes from :meth:`ConditionMasks.penalty`.
+
+Online mining (``data.mining``)
+-------------------------------
+The batches carry triplets, not labels: another triplet's negative is only known to
+be dissimilar to *its own* anchor, so pairing an anchor with examples of other
+triplets could create false negatives. Mining here therefore *selects among the
+sampled triplets* rather than re-pairing them, within each condition (track counted
+as one) of the batch, during training only (evaluation always scores every triplet):
+
+* ``"random"`` (the paper, default): every triplet counts.
+* ``"batch_hard"``: the hardest ``loss.hard_fraction`` (rounded up) of each
+  condition's triplets, by loss, count; the rest get weight 0.
+* ``"semi_hard"`` (FaceNet): only triplets with ``d(a,p) < d(a,n) < d(a,p) + margin``
+  count; a condition with none of those in the batch falls back to its triplets with
+  non-zero loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Sequence
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from disentangled_ml.config import Config, ConfigError, TRACK_CONDITION
+
+__all__ = ["MINING_MODES", "MaskedTripletLoss", "build_triplet_loss", "masked_distance"]
+
+MINING_MODES = ("random", "batch_hard", "semi_hard")
+
+
+def masked_distance(x, y, mask, epsilon: float = 1e-12):
+    """``||mask * (x - y)||`` row-wise, float32 ``[batch]``.
+
+    ``epsilon`` inside the square root keeps the gradient finite when ``x == y``
+    (an anchor and a positive cut from silence, say).
+    """
+    diff = mask * (x - y)
+    return ops.sqrt(ops.sum(ops.square(diff), axis=-1) + epsilon)
+
+
+@keras.saving.register_keras_serializable(package="disentangled_ml")
+class MaskedTripletLoss(keras.layers.Layer):
+    """Masked triplet loss with track regularisation, per-condition loss and accuracy.
+
+    Args:
+        names: condition names (``cfg.conditions.names``); condition index ``c``
+            means ``names[c]``, and ``len(names)`` means a track triplet.
+        margin: triplet margin (``loss.margin``), in embedding distance units.
+        track_weight: lambda, the weight of the track triplets (``loss.track_weight``).
+        mining: ``"random"``, ``"batch_hard"`` or ``"semi_hard"`` (module docstring).
+        hard_fraction: share of each condition's triplets kept by ``"batch_hard"``.
+        embed_norm: weight of the mean raw-embedding norm penalty (CSN), applied
+            when ``raw_embeddings`` is passed to the call.
+        epsilon: added inside the square root of every distance.
+        **kwargs: ``keras.layers.Layer`` arguments.
+
+    Call arguments:
+        anchor, positive, negative: float32 ``[batch, D]`` embeddings.
+        condition: int ``[batch]`` in ``[0, C]``.
+        masks: float32 ``[C + 1, D]`` mask matrix.
+        raw_embeddings: optional float32 ``[N, D]`` (or a list of such) un-normalised
+            embeddings whose mean L2 norm is penalised by ``embed_norm``.
+        training: mining applies only when True.
+
+    Returns:
+        dict of tensors:
+
+        * ``"loss"``: scalar, the objective (triplet loss + embed-norm penalty).
+        * ``"triplet_loss"``: scalar, ``L_cond + track_weight * L_track``.
+        * ``"per_triplet"``: ``[batch]`` hinge loss of every triplet (before mining).
+        * ``"correct"``: ``[batch]`` 1.0 where ``d(a,p) < d(a,n)`` in the masked space.
+        * ``"weight"``: ``[batch]`` mining weight (all 1 for ``"random"``).
+        * ``"condition_loss"``, ``"condition_accuracy"``, ``"condition_count"``:
+          ``[C + 1]`` mean hinge loss, triplet accuracy and number of triplets of each
+          condition (track last); 0 for a condition absent from the batch.
+    """
+
+    def __init__(self, names: Sequence[str], margin: float = 0.1, track_weight: float = 0.5,
+                 mining: str = "random", hard_fraction: float = 0.5, embed_norm: float = 0.0,
+                 epsilon: float = 1e-12, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        names = tuple(names)
+        if not names or TRACK_CONDITION in names or len(set(names)) != len(names):
+            raise ConfigError(f"condition names {names!r} must be distinct, non-empty and must not include "
+                              f"{TRACK_CONDITION!r}.")
+        if margin < 0:
+            raise ConfigError(f"margin={margin!r} must be >= 0 (config value loss.margin).")
+        if track_weight < 0:
+            raise ConfigError(f"track_weight={track_weight!r} must be >= 0 (config value loss.track_weight).")
+        if mining not in MINING_MODES:
+            raise ConfigError(f"mining={mining!r} is not one of {MINING_MODES} (config value data.mining).")
+        if not 0 < hard_fraction <= 1:
+            raise ConfigError(f"hard_fraction={hard_fraction!r} must be in (0, 1] (config value loss.hard_fraction).")
+        if embed_norm < 0:
+            raise ConfigError(f"embed_norm={embed_norm!r} must be >= 0 (config value loss.embed_norm).")
+        self.names = names
+        self.margin = float(margin)
+        self.track_weight = float(track_weight)
+        self.mining = mining
+        self.hard_fraction = float(hard_fraction)
+        self.embed_norm = float(embed_norm)
+        self.epsilon = float(epsilon)
+        self.built = True  # no weights
+
+    @property
+    def num_conditions(self) -> int:
+        """``C``; condition index ``C`` is the track triplets."""
+        return len(self.names)
+
+    @property
+    def metric_names(self) -> tuple:
+        """Names of the ``C + 1`` groups, track last: ``(*names, "track")``."""
+        return (*self.names, TRACK_CONDITION)
+
+    def call(self, anchor, positive, negative, condition, masks, raw_embeddings=None, training=None):
+        for label, t in (("anchor", anchor), ("positive", positive), ("negative", negative)):
+            if len(t.shape) != 2:
+                raise ValueError(f"MaskedTripletLoss: {label} embeddings must be [batch, D], got shape {t.shape}.")
+        groups = self.num_conditions + 1
+        condition = ops.cast(ops.reshape(condition, (-1,)), "int32")
+        tf.debugging.assert_less(condition, groups, message=(
+            f"MaskedTripletLoss: a condition index is >= {groups}; indices must be in [0, {self.num_conditions}] "
+            f"({self.num_conditions} = track) for conditions {self.names}"))
+        tf.debugging.assert_non_negative(condition, message="MaskedTripletLoss: negative condition index")
+
+        masks = ops.cast(masks, anchor.dtype)
+        m = ops.take(masks, condition, axis=0)  # [B, D]
+        d_ap = masked_distance(anchor, positive, m, self.epsilon)
+        d_an = masked_distance(anchor, negative, m, self.epsilon)
+        hinge = ops.relu(d_ap - d_an + self.margin)
+        correct = ops.cast(d_ap < d_an, hinge.dtype)
+
+        onehot = ops.one_hot(condition, groups, dtype=hinge.dtype)  # [B, G]
+        count = ops.sum(onehot, axis=0)  # [G]
+        safe = ops.maximum(count, 1.0)
+        condition_loss = ops.matmul(hinge, onehot) / safe
+        condition_accuracy = ops.matmul(correct, onehot) / safe
+
+        weight = ops.ones_like(hinge)
+        if training and self.mining != "random":
+            weight = ops.stop_gradient(self._mining_weight(hinge, d_ap, d_an, onehot))
+
+        is_track = onehot[:, -1]
+        triplet_loss = (self._weighted_mean(hinge, weight * (1.0 - is_track))
+                        + self.track_weight * self._weighted_mean(hinge, weight * is_track))
+        loss = triplet_loss
+        if raw_embeddings is not None and self.embed_norm > 0:
+            if isinstance(raw_embeddings, (list, tuple)):
+                raw_embeddings = ops.concatenate(list(raw_embeddings), axis=0)
+            norms = ops.sqrt(ops.sum(ops.square(raw_embeddings), axis=-1) + self.epsilon)
+            loss = loss + self.embed_norm * ops.mean(norms)
+        return {
+            "loss": loss,
+            "triplet_loss": triplet_loss,
+            "per_triplet": hinge,
+            "correct": correct,
+            "weight": weight,
+            "condition_loss": condition_loss,
+            "condition_accuracy": condition_accuracy,
+            "condition_count": count,
+        }
+
+    @staticmethod
+    def _weighted_mean(values, weight):
+        return ops.sum(values * weight) / ops.maximum(ops.sum(weight), 1.0)
+
+    def _mining_weight(self, hinge, d_ap, d_an, onehot):
+        same = ops.matmul(onehot, ops.transpose(onehot))  # [B, B]: 1 where same condition
+        if self.mining == "batch_hard":
+            # rank[i] = how many triplets of i's condition are harder than i (ties
+            # broken by position, so exactly ceil(fraction * n) are kept).
+            h_i = ops.expand_dims(hinge, 1)
+            h_j = ops.expand_dims(hinge, 0)
+            idx = ops.arange(ops.shape(hinge)[0])
+            earlier = ops.expand_dims(idx, 0) < ops.expand_dims(idx, 1)  # [i, j]: j < i
+            harder = ops.logical_or(h_j > h_i, ops.logical_and(ops.equal(h_j, h_i), earlier))
+            rank = ops.sum(same * ops.cast(harder, hinge.dtype), axis=1)
+            keep = ops.ceil(self.hard_fraction * ops.sum(same, axis=1))
+            return ops.cast(rank < keep, hinge.dtype)
+        # semi_hard
+        semi = ops.cast(ops.logical_and(d_ap < d_an, d_an < d_ap + self.margin), hinge.dtype)
+        active = ops.cast(hinge > 0, hinge.dtype)
+        group_has_semi = ops.matmul(same, semi) > 0
+        return ops.where(group_has_semi, semi, active)
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(names=list(self.names), num_conditions=self.num_conditions, margin=self.margin,
+                      track_weight=self.track_weight, mining=self.mining, hard_fraction=self.hard_fraction,
+                      embed_norm=self.embed_norm, epsilon=self.epsilon)
+        return config
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "MaskedTripletLoss":
+        config = dict(config)
+        num = config.pop("num_conditions", None)  # informational; implied by names
+        if num is not None and num != len(config["names"]):
+            raise ConfigError(f"MaskedTripletLoss config has num_conditions={num} but {len(config['names'])} names.")
+        return cls(**config)
+
+
+def build_triplet_loss(cfg: Config, name: str = "triplet_loss") -> MaskedTripletLoss:
+    """The :class:`MaskedTripletLoss` of ``cfg``.
+
+    The embed-norm penalty weight is ``loss.embed_norm`` for learned masks and 0
+    otherwise (CSN's penalty exists to stop the masks and the embedding trading
+    scale; fixed masks have no scale to trade).
+    """
+    return MaskedTripletLoss(
+        names=cfg.conditions.names, margin=cfg.loss.margin, track_weight=cfg.loss.track_weight,
+        mining=cfg.data.mining, hard_fraction=cfg.loss.hard_fraction,
+        embed_norm=cfg.loss.embed_norm if cfg.model.mask_mode == "learned" else 0.0, name=name)

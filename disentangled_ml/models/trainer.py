@@ -1,0 +1,206 @@
+"""The trainable triplet model: embedding network + condition masks + masked triplet loss.
+
+:class:`TripletModel` is a ``keras.Model`` whose ``fit``/``evaluate`` consume the
+triplet batches of the data pipeline::
+
+    {"anchor": float32 [B, F, M], "positive": float32 [B, F, M],
+     "negative": float32 [B, F, M], "condition": int32 [B]}
+
+(no labels: condition ``c < C`` is ``cfg.conditions.names[c]``, ``c == C`` a track
+triplet). It reports, per epoch, ``loss``, ``loss_<condition>`` and
+``acc_<condition>`` for every condition and ``track``, and ``mean_acc``, the mean
+triplet accuracy over the conditions (not track): ``val_mean_acc`` is the
+early-stopping target. ``model.predict`` / ``model(x)`` return the anchor embedding.
+
+The whole model saves to ``.keras`` and loads back with ``keras.saving.load_model``
+without ``custom_objects``: every class here is registered, and the model rebuilds
+itself from its :class:`~disentangled_ml.config.Config`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Union
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from disentangled_ml.config import Config, ConfigError
+from disentangled_ml.losses import build_triplet_loss
+from disentangled_ml.models.embedding import EMBEDDING_OUTPUT, RAW_OUTPUT, build_embedding_model
+from disentangled_ml.models.masks import build_condition_masks
+
+__all__ = ["TripletModel", "MeanConditionAccuracy", "build_triplet_model", "TRIPLET_KEYS"]
+
+TRIPLET_KEYS = ("anchor", "positive", "negative", "condition")
+
+
+@keras.saving.register_keras_serializable(package="disentangled_ml")
+class MeanConditionAccuracy(keras.metrics.Metric):
+    """Mean over conditions of each condition's triplet accuracy, accumulated exactly.
+
+    Keeps per-condition sums of correct triplets and triplet counts (summed across
+    replicas under ``tf.distribute``), so the epoch result is the mean of the
+    conditions' epoch accuracies, not a mean of per-batch means. Conditions with no
+    triplet so far are left out of the mean.
+
+    Args:
+        num_conditions: ``C`` (the track group is not passed to this metric).
+    """
+
+    def __init__(self, num_conditions: int, name: str = "mean_acc", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.num_conditions = int(num_conditions)
+        self.correct = self.add_variable(shape=(self.num_conditions,), initializer="zeros", name="correct",
+                                         aggregation="sum")
+        self.count = self.add_variable(shape=(self.num_conditions,), initializer="zeros", name="count",
+                                       aggregation="sum")
+
+    def update_state(self, correct, count):
+        """Add ``correct`` (float ``[C]``, correct triplets) and ``count`` (``[C]``, triplets)."""
+        self.correct.assign_add(ops.cast(correct, self.dtype))
+        self.count.assign_add(ops.cast(count, self.dtype))
+
+    def result(self):
+        present = ops.cast(self.count > 0, self.dtype)
+        accuracy = ops.divide_no_nan(self.correct, self.count)
+        return ops.divide_no_nan(ops.sum(accuracy * present), ops.sum(present))
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "num_conditions": self.num_conditions}
+
+
+@keras.saving.register_keras_serializable(package="disentangled_ml")
+class TripletModel(keras.Model):
+    """Embedding network trained with the masked triplet loss.
+
+    Args:
+        config: a :class:`Config` or its ``to_dict()`` form (what ``get_config``
+            stores, so a saved model rebuilds the same network).
+        **kwargs: ``keras.Model`` arguments (``name``).
+
+    Attributes:
+        cfg: the :class:`Config`.
+        embedding_model: mel ``[B, F, M]`` -> ``{"embedding", "raw_embedding"}``
+            (:func:`~disentangled_ml.models.embedding.build_embedding_model`).
+        condition_masks: :class:`~disentangled_ml.models.masks.ConditionMasks`.
+        triplet_loss: :class:`~disentangled_ml.losses.MaskedTripletLoss`.
+    """
+
+    def __init__(self, config: Union[Config, Mapping[str, Any]], **kwargs: Any) -> None:
+        kwargs.setdefault("name", "triplet_model")
+        super().__init__(**kwargs)
+        if isinstance(config, Mapping):
+            config = Config.from_dict(config)
+        if not isinstance(config, Config):
+            raise ConfigError(f"TripletModel expects a Config or a config dict, got {type(config).__name__}.")
+        self.cfg = config
+        self.embedding_model = build_embedding_model(config)
+        self.condition_masks = build_condition_masks(config)
+        self.triplet_loss = build_triplet_loss(config)
+        self._learned_masks = config.model.mask_mode == "learned"
+
+        groups = self.triplet_loss.metric_names  # conditions, then "track"
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.condition_loss_trackers = [keras.metrics.Mean(name=f"loss_{g}") for g in groups]
+        self.condition_acc_trackers = [keras.metrics.Mean(name=f"acc_{g}") for g in groups]
+        self.mean_acc_tracker = MeanConditionAccuracy(len(config.conditions.names), name="mean_acc")
+        # Every part is built at construction (fixed input shape), so fit() needs no
+        # symbolic build pass and load_model() can restore weights straight away.
+        self.built = True
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, *self.condition_loss_trackers, *self.condition_acc_trackers,
+                self.mean_acc_tracker]
+
+    def call(self, inputs, training=False):
+        """Embedding of ``inputs["anchor"]`` (or of ``inputs`` when it is a mel batch).
+
+        Returns float32 ``[batch, embedding_dim]``, unit norm.
+        """
+        if isinstance(inputs, Mapping):
+            inputs = inputs["anchor"]
+        return self.embedding_model(inputs, training=training)[EMBEDDING_OUTPUT]
+
+    def _check_batch(self, x) -> None:
+        if not isinstance(x, Mapping) or any(k not in x for k in TRIPLET_KEYS):
+            found = sorted(x) if isinstance(x, Mapping) else type(x).__name__
+            raise ValueError(f"TripletModel expects batches {{{', '.join(TRIPLET_KEYS)}}} from the triplet "
+                             f"pipeline; got {found}.")
+
+    def triplet_outputs(self, x: Mapping[str, Any], training: bool = False) -> Dict[str, Any]:
+        """Embed a triplet batch in one forward pass and score it.
+
+        Anchor, positive and negative go through the network as one ``3B`` batch, so
+        batch normalisation sees all of them together.
+
+        Returns:
+            the :class:`~disentangled_ml.losses.MaskedTripletLoss` outputs, with
+            ``"loss"`` also including the learned masks' L1 penalty.
+        """
+        self._check_batch(x)
+        anchor = x["anchor"]
+        b = ops.shape(anchor)[0]
+        stacked = ops.concatenate([anchor, x["positive"], x["negative"]], axis=0)
+        out = self.embedding_model(stacked, training=training)
+        emb = ops.cast(out[EMBEDDING_OUTPUT], "float32")  # loss in float32 under mixed precision
+        raw = ops.cast(out[RAW_OUTPUT], "float32") if self._learned_masks else None
+        result = self.triplet_loss(emb[:b], emb[b:2 * b], emb[2 * b:], x["condition"],
+                                   self.condition_masks.mask_matrix(), raw_embeddings=raw, training=training)
+        result = dict(result)
+        result["loss"] = result["loss"] + self.condition_masks.penalty()
+        return result
+
+    def _update_metrics(self, result: Mapping[str, Any]) -> Dict[str, Any]:
+        self.loss_tracker.update_state(result["loss"])
+        count = result["condition_count"]
+        for k, (loss_t, acc_t) in enumerate(zip(self.condition_loss_trackers, self.condition_acc_trackers)):
+            # weighted by the triplets of that condition in the batch; weight 0 when absent
+            loss_t.update_state(result["condition_loss"][k], sample_weight=count[k])
+            acc_t.update_state(result["condition_accuracy"][k], sample_weight=count[k])
+        c = self.triplet_loss.num_conditions
+        self.mean_acc_tracker.update_state(result["condition_accuracy"][:c] * count[:c], count[:c])
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            result = self.triplet_outputs(x, training=True)
+            loss = result["loss"]
+            # Per-replica mean; gradients are summed across replicas, hence the division
+            # (what keras.Model's own train_step does).
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = loss / replicas if replicas > 1 else loss
+            scaled = self.optimizer.scale_loss(scaled)  # loss scaling under mixed precision
+        weights = self.trainable_weights
+        gradients = tape.gradient(scaled, weights)
+        self.optimizer.apply_gradients(zip(gradients, weights))
+        return self._update_metrics(result)
+
+    def test_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._update_metrics(self.triplet_outputs(x, training=False))
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self(x, training=False)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"name": self.name, "trainable": self.trainable, "config": self.cfg.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "TripletModel":
+        config = dict(config)
+        cfg = config.pop("config")
+        return cls(cfg, name=config.get("name", "triplet_model"))
+
+
+def build_triplet_model(cfg: Config) -> TripletModel:
+    """A :class:`TripletModel` of ``cfg``, compiled with Adam at ``train.learning_rate``.
+
+    Under ``tf.distribute``, call it inside ``strategy.scope()``.
+    """
+    model = TripletModel(cfg)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.train.learning_rate))
+    return model
