@@ -1,0 +1,108 @@
+"""Score a trained run on its fixed test (or validation) triplets, against the paper's baselines.
+
+Reports, per condition, triplet accuracy in the condition's own slice and on the
+whole embedding (Lee et al. 2020, Table 1), the disentanglement matrix (every
+condition's triplets measured in every slice), and retrieval precision@k and mAP
+with track embeddings (the mean of up to --segments-per-track segments), for the
+trained model and for the baselines: MFCC-VQ (the paper's), MFCC statistics and
+the same network untrained. Writes RUN_DIR/eval_<split>/metrics.json,
+accuracy.png and disentanglement.png, and prints the tables.
+
+The model is RUN_DIR/embedding.keras, or --model: another .keras file or an
+export directory (with saved_model/, DESIGN.md contract 2). The prepared
+collection is --prepared, or the prepared_dir recorded in RUN_DIR/run.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+from disentangled_ml.cli import CliError
+from disentangled_ml.evaluation.baselines import (DEFAULT_CODEBOOK_SIZE, DEFAULT_FIT_CROPS_PER_TRACK,
+                                                  DEFAULT_FIT_TRACKS)
+from disentangled_ml.evaluation.metrics import DEFAULT_K, DEFAULT_SEGMENTS_PER_TRACK
+
+HELP = "evaluate a run: triplet accuracy, disentanglement, retrieval, baselines"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="training run directory (written by dml train)")
+    parser.add_argument("--prepared", metavar="PREPARED_DIR", default=None,
+                        help="prepared collection the run was trained on; None reads prepared_dir from RUN_DIR/run.json")
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="which fixed triplet set and tracks to score")
+    parser.add_argument("--model", metavar="PATH", default=None,
+                        help="a .keras file or an export directory with saved_model/ to evaluate; None is "
+                             "RUN_DIR/embedding.keras")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="output folder; None is RUN_DIR/eval_<split>, with the model's name appended "
+                             "when --model is given")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="score the model only (no MFCC-VQ, MFCC statistics or untrained network)")
+    parser.add_argument("--segments-per-track", type=int, default=DEFAULT_SEGMENTS_PER_TRACK, metavar="N",
+                        help="non-overlapping segments (of frontend.segment_seconds each) averaged into a track "
+                             "embedding for retrieval")
+    parser.add_argument("--k", type=int, default=DEFAULT_K, metavar="K", help="retrieval cutoff of precision@K, in tracks")
+    parser.add_argument("--vq-codebook", type=int, default=DEFAULT_CODEBOOK_SIZE, metavar="K",
+                        help="codewords of the MFCC-VQ baseline's k-means codebook")
+    parser.add_argument("--fit-tracks", type=int, default=DEFAULT_FIT_TRACKS, metavar="N",
+                        help="training tracks (at most) whose crops fit the baselines "
+                             f"({DEFAULT_FIT_CROPS_PER_TRACK} crops per track)")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="crops per forward pass")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the baselines (crops, k-means, untrained weights)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _prepared_dir(args: argparse.Namespace) -> str:
+    if args.prepared:
+        return args.prepared
+    run_json = os.path.join(args.run_dir, "run.json")
+    if not os.path.isfile(run_json):
+        raise CliError(f"no --prepared given and {run_json} does not exist; pass --prepared PREPARED_DIR "
+                       "(the folder dml prepare wrote).")
+    try:
+        with open(run_json) as f:
+            prepared = json.load(f).get("prepared_dir")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise CliError(f"{run_json} is not a JSON object ({e}); pass --prepared PREPARED_DIR.") from None
+    if not prepared:
+        raise CliError(f"{run_json} records no prepared_dir; pass --prepared PREPARED_DIR.")
+    if not os.path.isabs(prepared) and not os.path.isdir(prepared):
+        prepared = os.path.join(args.run_dir, prepared)  # a path relative to the run directory
+    if not os.path.isdir(prepared):
+        raise CliError(f"the prepared collection {prepared} recorded in {run_json} does not exist; "
+                       "pass --prepared PREPARED_DIR.")
+    return prepared
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("segments_per_track", "k", "vq_codebook", "fit_tracks", "batch_size"):
+        value = getattr(args, name)
+        low = 2 if name == "vq_codebook" else 1
+        if value < low:
+            raise CliError(f"--{name.replace('_', '-')} {value}: give a number >= {low}.")
+    if not os.path.isdir(args.run_dir):
+        raise CliError(f"RUN_DIR {args.run_dir} is not a directory.")
+    prepared = _prepared_dir(args)
+
+    from disentangled_ml.evaluation.embedders import EvaluationError
+    from disentangled_ml.evaluation.report import format_table
+    from disentangled_ml.evaluation.runner import evaluate_run
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        metrics, paths = evaluate_run(
+            args.run_dir, prepared, split=args.split, baselines=not args.no_baselines, model_path=args.model,
+            out_dir=args.out, segments_per_track=args.segments_per_track, k=args.k, vq_codebook=args.vq_codebook,
+            fit_tracks=args.fit_tracks, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
+    except EvaluationError as e:
+        raise CliError(str(e)) from None
+    print(format_table(metrics))
+    if metrics["dropped_triplets"]:
+        print(f"\n{metrics['dropped_triplets']} triplet(s) left out: {len(metrics['failed_tracks'])} track(s) "
+              "could not be decoded (see metrics.json, failed_tracks).")
+    print("\nwrote " + ", ".join(paths[k] for k in ("metrics", "accuracy", "disentanglement") if k in paths))
+    return 0

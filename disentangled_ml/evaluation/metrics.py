@@ -1,0 +1,291 @@
+"""Evaluation metrics on embeddings: triplet accuracy, disentanglement matrix, retrieval.
+
+Pure numpy functions; nothing here knows about audio or models. An embedding is a
+float array ``[N, D]``. A *view* says which part of it a condition is measured in:
+
+* ``None``: the whole embedding;
+* ``(start, stop)`` (or a ``slice``): the dimensions ``start:stop``, the fixed
+  per-condition slice of Lee et al. (``Config().conditions.slices``);
+* an integer or boolean index array: those dimensions;
+* a float array ``[D]``: an element-wise mask (CSN's learned masks), i.e. the
+  distance is ``||m * (x - y)||``.
+
+Distances are Euclidean, as in the export contract (DESIGN.md contract 2).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+
+import numpy as np
+
+from disentangled_ml.config import TRACK_CONDITION, Config
+from disentangled_ml.data.labels import TEMPO, LabelTables
+
+__all__ = [
+    "View", "project", "triplet_correct", "triplet_accuracy", "wilson_interval", "disentanglement_matrix",
+    "retrieval_metrics", "relevance_matrix", "WHOLE", "DEFAULT_K", "DEFAULT_SEGMENTS_PER_TRACK",
+]
+
+View = Union[None, Tuple[int, int], slice, np.ndarray]
+#: Cutoff of the retrieval precision (precision@10).
+DEFAULT_K = 10
+#: Segments averaged into a track embedding for retrieval.
+DEFAULT_SEGMENTS_PER_TRACK = 8
+#: Column name of the whole embedding in a disentanglement matrix.
+WHOLE = "whole"
+
+
+def _as_2d(x: Any, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a [N, D] array of embeddings, got shape {x.shape}.")
+    return x
+
+
+def project(emb: np.ndarray, view: View) -> np.ndarray:
+    """The part of ``emb`` that ``view`` measures in (module docstring).
+
+    Args:
+        emb: float ``[N, D]``.
+        view: ``None``, ``(start, stop)``, ``slice``, integer/boolean index array, or
+            float mask ``[D]``.
+
+    Returns:
+        float ``[N, D']``: ``D' = stop - start`` for a slice, ``D`` for a float mask.
+
+    Raises:
+        ValueError: a slice outside ``[0, D]`` or a mask of the wrong length.
+    """
+    emb = _as_2d(emb, "emb")
+    d = emb.shape[1]
+    if view is None:
+        return emb
+    if isinstance(view, slice):
+        view = (view.start or 0, d if view.stop is None else view.stop)
+    if isinstance(view, tuple):
+        if len(view) != 2:
+            raise ValueError(f"a slice view is (start, stop), got {view!r}.")
+        start, stop = int(view[0]), int(view[1])
+        if not 0 <= start < stop <= d:
+            raise ValueError(f"slice view {view!r} does not fit an embedding of dimension {d}.")
+        return emb[:, start:stop]
+    view = np.asarray(view)
+    if view.dtype == bool:
+        if view.shape != (d,):
+            raise ValueError(f"a boolean view needs shape ({d},), got {view.shape}.")
+        return emb[:, view]
+    if np.issubdtype(view.dtype, np.integer):
+        if view.ndim != 1 or view.size == 0 or view.min() < -d or view.max() >= d:
+            raise ValueError(f"an index view must list dimensions of a {d}-d embedding, got {view!r}.")
+        return emb[:, view]
+    if view.shape != (d,):
+        raise ValueError(f"a mask view needs shape ({d},), got {view.shape}.")
+    return emb * view[None, :].astype(np.float64)
+
+
+def triplet_correct(emb_a: np.ndarray, emb_p: np.ndarray, emb_n: np.ndarray, dims: View = None) -> np.ndarray:
+    """Which triplets are ordered correctly: ``||a - p|| < ||a - n||`` in ``dims``.
+
+    Args:
+        emb_a, emb_p, emb_n: float ``[N, D]`` embeddings of the anchors, positives
+            and negatives (row ``i`` of each is triplet ``i``).
+        dims: the view to measure in (module docstring); ``None`` = whole embedding.
+
+    Returns:
+        bool ``[N]``. A tie counts as wrong, so a constant embedding scores 0, not 0.5.
+    """
+    a, p, n = (project(x, dims) for x in (emb_a, emb_p, emb_n))
+    if not a.shape == p.shape == n.shape:
+        raise ValueError(f"anchor, positive and negative embeddings differ in shape: {a.shape}, {p.shape}, {n.shape}.")
+    d_ap = np.sum((a - p) ** 2, axis=1)
+    d_an = np.sum((a - n) ** 2, axis=1)
+    return d_ap < d_an
+
+
+def triplet_accuracy(emb_a: np.ndarray, emb_p: np.ndarray, emb_n: np.ndarray, dims: View = None) -> float:
+    """Share of triplets with ``||a - p|| < ||a - n||``, measured on ``emb[:, dims]``.
+
+    The paper's metric (Lee et al. 2020, Table 1): 0.5 is chance, 1.0 is perfect.
+
+    Args:
+        emb_a, emb_p, emb_n: float ``[N, D]``, ``N >= 1``.
+        dims: ``None`` (whole embedding), ``(start, stop)``, an index array or a
+            float mask ``[D]``.
+
+    Returns:
+        float in [0, 1].
+
+    Examples:
+        >>> a = np.array([[0.0, 0.0]]); p = np.array([[0.1, 5.0]]); n = np.array([[1.0, 0.0]])
+        >>> triplet_accuracy(a, p, n), triplet_accuracy(a, p, n, dims=(0, 1))
+        (0.0, 1.0)
+    """
+    ok = triplet_correct(emb_a, emb_p, emb_n, dims)
+    if ok.size == 0:
+        raise ValueError("triplet_accuracy: no triplets given.")
+    return float(ok.mean())
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> Tuple[float, float]:
+    """Wilson score interval of a proportion (95 % for ``z = 1.96``).
+
+    With the usual 500 test triplets per condition the interval is about ±0.04
+    around 0.5, so differences smaller than that between models are noise.
+
+    Returns:
+        ``(low, high)`` in [0, 1]; ``(0.0, 1.0)`` for ``n = 0``.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def disentanglement_matrix(triplets_by_condition: Mapping[str, Tuple[np.ndarray, np.ndarray, np.ndarray]],
+                           slices: Mapping[str, View]) -> Dict[str, Any]:
+    """Accuracy of each condition's triplets measured in every condition's slice.
+
+    A disentangled embedding has a strong diagonal: genre triplets are ordered
+    correctly in the genre slice and near chance (0.5) in the others. The last
+    column measures on the whole embedding; the ``track`` row (when given) shows
+    how much track identity each slice carries.
+
+    Args:
+        triplets_by_condition: ``{condition: (emb_a, emb_p, emb_n)}``, each ``[N_s, D]``;
+            rows come out in this order (put ``"track"`` last).
+        slices: ``{condition: view}`` for the columns, e.g. ``Config().conditions.slices``.
+
+    Returns:
+        dict with ``"rows"`` (list of S condition names), ``"columns"`` (T slice names
+        then ``"whole"``) and ``"accuracy"``: float ndarray ``[S, T + 1]`` where
+        ``accuracy[s, t]`` is the triplet accuracy of condition ``s``'s triplets in
+        slice ``t``.
+    """
+    rows = list(triplets_by_condition)
+    columns = list(slices) + [WHOLE]
+    if WHOLE in slices:
+        raise ValueError(f"no slice may be called {WHOLE!r}; it names the whole-embedding column.")
+    views: List[View] = [slices[c] for c in slices] + [None]
+    acc = np.zeros((len(rows), len(columns)), dtype=np.float64)
+    for i, cond in enumerate(rows):
+        a, p, n = triplets_by_condition[cond]
+        for j, view in enumerate(views):
+            acc[i, j] = triplet_accuracy(a, p, n, view)
+    return {"rows": rows, "columns": columns, "accuracy": acc}
+
+
+def _sq_distances(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances ``[len(q), len(x)]`` (clipped at 0 against rounding)."""
+    d = np.sum(q * q, axis=1)[:, None] + np.sum(x * x, axis=1)[None, :] - 2.0 * q @ x.T
+    return np.maximum(d, 0.0)
+
+
+def retrieval_metrics(track_emb: np.ndarray, relevance: np.ndarray, k: int = DEFAULT_K, dims: View = None,
+                      chunk: int = 1024) -> Dict[str, Any]:
+    """Precision at ``k`` and mean average precision, every track querying all others.
+
+    Each track is a query; the candidates are all *other* tracks, ranked by
+    Euclidean distance in ``dims`` (ties keep the row order). Queries with no
+    relevant candidate have no defined precision and are skipped, and counted.
+
+    Args:
+        track_emb: float ``[N, D]`` track embeddings.
+        relevance: bool ``[N, N]``; ``relevance[i, j]``: track j is a correct answer to
+            query i. The diagonal is ignored.
+        k: cutoff of the precision; with fewer than ``k`` candidates, ``N - 1`` is used.
+        dims: view to search in (module docstring).
+        chunk: queries ranked at once (bounds memory to ``chunk * N`` floats).
+
+    Returns:
+        dict with ``"precision_at_k"`` (mean over the evaluated queries of the share of
+        relevant tracks among the ``k`` nearest), ``"map"`` (mean over the evaluated
+        queries of the average precision over the full ranking), ``"k"`` (the cutoff
+        used), ``"queries"`` (evaluated) and ``"skipped_queries"`` (no relevant
+        candidate). The two scores are NaN when no query could be evaluated.
+
+    Examples:
+        >>> emb = np.array([[0.0], [1.0], [3.0]])
+        >>> rel = np.array([[0, 0, 1], [0, 0, 0], [1, 0, 0]], bool)
+        >>> r = retrieval_metrics(emb, rel, k=1)
+        >>> r["precision_at_k"], r["map"], r["skipped_queries"]
+        (0.0, 0.5, 1)
+    """
+    x = project(track_emb, dims)
+    rel = np.asarray(relevance, dtype=bool)
+    n = x.shape[0]
+    if rel.shape != (n, n):
+        raise ValueError(f"relevance must be [N, N] = [{n}, {n}] for {n} track embeddings, got {rel.shape}.")
+    if k < 1:
+        raise ValueError(f"retrieval_metrics: k must be >= 1, got {k}.")
+    k_eff = max(1, min(k, n - 1))
+    precisions: List[float] = []
+    aps: List[float] = []
+    skipped = 0
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        d = _sq_distances(x[lo:hi], x)
+        idx = np.arange(lo, hi)
+        d[idx - lo, idx] = np.inf  # a query never retrieves itself
+        order = np.argsort(d, axis=1, kind="stable")[:, : n - 1]
+        hits = np.take_along_axis(rel[lo:hi], order, axis=1)  # [q, N-1], relevance in rank order
+        n_rel = hits.sum(axis=1)
+        for h, r in zip(hits, n_rel):
+            if r == 0:
+                skipped += 1
+                continue
+            precisions.append(h[:k_eff].mean())
+            ranks = np.nonzero(h)[0] + 1  # 1-based ranks of the relevant tracks
+            aps.append(float(np.mean(np.arange(1, r + 1) / ranks)))
+    return {
+        "precision_at_k": float(np.mean(precisions)) if precisions else float("nan"),
+        "map": float(np.mean(aps)) if aps else float("nan"),
+        "k": int(k_eff),
+        "queries": len(precisions),
+        "skipped_queries": int(skipped),
+    }
+
+
+def relevance_matrix(tables: LabelTables, rows: Sequence[int], condition: str,
+                     config: Config) -> Tuple[np.ndarray, np.ndarray]:
+    """Which tracks answer which queries in ``condition`` (the training similarity rules).
+
+    Tag conditions: two tracks are relevant to each other when they share at least
+    one label. Tempo: when their BPM differ by at most
+    ``conditions.tempo_positive_bpm`` (tracks in the gap up to ``tempo_negative_bpm``,
+    never used as training negatives, count as not relevant here).
+
+    Args:
+        tables: label tables of the collection.
+        rows: the ``N`` table rows (tracks) that take part, e.g. the test split.
+        condition: a name in ``tables.conditions``.
+        config: gives the tempo threshold.
+
+    Returns:
+        ``(relevance, known)``: bool ``[N, N]`` (diagonal False) and bool ``[N]``, the
+        tracks whose label is known. Drop the unknown ones from both queries and
+        candidates before calling :func:`retrieval_metrics`:
+        ``retrieval_metrics(emb[known], relevance[known][:, known])``.
+    """
+    if condition == TRACK_CONDITION or condition not in tables.conditions:
+        raise ValueError(f"relevance_matrix: {condition!r} is not a condition of the label tables "
+                         f"{list(tables.conditions)}.")
+    rows = np.asarray(rows, dtype=np.int64)
+    c = tables.conditions.index(condition)
+    m = tables.classes[c][rows]
+    known = m.any(axis=1)
+    if condition == TEMPO:
+        bpm = tables.tempo[rows].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            rel = np.abs(bpm[:, None] - bpm[None, :]) <= config.conditions.tempo_positive_bpm
+        known = known & np.isfinite(bpm)
+    else:
+        mf = m.astype(np.float32)
+        rel = (mf @ mf.T) > 0.5
+    rel &= known[:, None] & known[None, :]
+    np.fill_diagonal(rel, False)
+    return rel, known

@@ -1,0 +1,194 @@
+"""Write an evaluation: ``metrics.json``, two figures and a text table.
+
+* ``metrics.json``: the dict of :func:`disentangled_ml.evaluation.runner.evaluate_many`
+  (plus run information), with NaN written as ``null`` so any JSON reader takes it.
+* ``accuracy.png``: grouped bars, one group per condition, one bar per embedder
+  (a model with sub-spaces gets two: scored in the condition's slice and on the
+  whole embedding), a dashed line at chance (0.5).
+* ``disentanglement.png``: the model's disentanglement matrix as a heat map with
+  the accuracies written in the cells.
+
+Matplotlib runs with the Agg backend, so no display is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+__all__ = ["to_jsonable", "write_metrics_json", "plot_accuracy", "plot_disentanglement", "format_table",
+           "write_report", "accuracy_series"]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays to Python, NaN/inf to None, tuples to lists, recursively."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj
+
+
+def write_metrics_json(metrics: Mapping[str, Any], path: str) -> None:
+    """Write ``metrics`` as indented JSON (atomically: a crash never leaves half a file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(to_jsonable(metrics), f, indent=2, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def accuracy_series(metrics: Mapping[str, Any]) -> List[Tuple[str, List[Optional[float]]]]:
+    """``[(series label, [accuracy per condition])]`` in the order the bars are drawn.
+
+    A sliced embedder gives ``"<label> (slice)"`` and ``"<label> (whole)"``; a
+    baseline gives ``"<label>"`` (whole vector). ``None`` where a condition is missing.
+    """
+    conds = metrics["conditions"]
+    series = []
+    for emb in metrics["embedders"].values():
+        acc = emb["triplet_accuracy"]
+        if emb["sliced"]:
+            series.append((f"{emb['label']} (slice)", [acc.get(c, {}).get("slice") for c in conds]))
+            series.append((f"{emb['label']} (whole)", [acc.get(c, {}).get("whole") for c in conds]))
+        else:
+            series.append((emb["label"], [acc.get(c, {}).get("whole") for c in conds]))
+    return series
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: servers and CI have no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(metrics: Mapping[str, Any], path: str, title: Optional[str] = None) -> None:
+    """Grouped bar chart of triplet accuracy: conditions x embedders (``accuracy.png``)."""
+    plt = _pyplot()
+    conds = metrics["conditions"]
+    series = accuracy_series(metrics)
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(conds) + 2), 4.2))
+    x = np.arange(len(conds))
+    for i, (label, values) in enumerate(series):
+        vals = np.array([np.nan if v is None else v for v in values], dtype=float)
+        bars = ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(vals), width, label=label)
+        for b, v in zip(bars, vals):
+            if np.isfinite(v):
+                ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center", va="bottom",
+                        fontsize=6, rotation=90)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(x)
+    ax.set_xticklabels(conds)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("triplet accuracy")
+    counts = sorted(set(metrics.get("num_triplets", {}).values())) or [0]
+    per = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    ax.set_title(title or f"triplet accuracy ({metrics.get('split', 'eval')} split, {per} triplets per condition)")
+    ax.legend(fontsize=7, ncol=min(3, len(series) + 1), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_disentanglement(metrics: Mapping[str, Any], path: str, embedder: str = "model") -> bool:
+    """Heat map of ``embedder``'s disentanglement matrix, numbers in the cells.
+
+    Returns:
+        False (and writes nothing) when that embedder has no matrix.
+    """
+    emb = metrics["embedders"].get(embedder)
+    if not emb or not emb.get("disentanglement"):
+        return False
+    m = emb["disentanglement"]
+    acc = np.array(m["accuracy"], dtype=float)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.1 * len(m["columns"]) + 2.5, 0.8 * len(m["rows"]) + 1.8))
+    im = ax.imshow(acc, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            ax.text(j, i, f"{acc[i, j]:.3f}", ha="center", va="center", fontsize=9,
+                    color="black" if acc[i, j] > 0.6 else "white")
+    ax.set_xticks(range(len(m["columns"])))
+    ax.set_xticklabels(m["columns"])
+    ax.set_yticks(range(len(m["rows"])))
+    ax.set_yticklabels(m["rows"])
+    ax.set_xlabel("measured in slice")
+    ax.set_ylabel("triplets of condition")
+    ax.set_title(f"disentanglement: triplet accuracy ({emb['label']}, {metrics.get('split', 'eval')} split)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
+
+
+def _table(header: List[str], rows: List[List[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def format_table(metrics: Mapping[str, Any]) -> str:
+    """Two plain-text tables: triplet accuracy, then retrieval precision@k / mAP."""
+    conds = metrics["conditions"]
+    series = accuracy_series(metrics)
+    acc_rows = [[c] + [_fmt(values[i]) for _, values in series] + [str(metrics["num_triplets"].get(c, 0))]
+                for i, c in enumerate(conds)]
+    out = [f"triplet accuracy ({metrics.get('split', 'eval')} split)",
+           _table(["condition"] + [s for s, _ in series] + ["triplets"], acc_rows)]
+    k = metrics.get("k", 10)
+    names = [c for c in conds if c != "track"]
+    header = ["condition"] + [emb["label"] for emb in metrics["embedders"].values()]
+    ret_rows = []
+    for c in names:
+        row = [c]
+        for emb in metrics["embedders"].values():
+            r = emb["retrieval"].get(c)
+            row.append(f"{_fmt(r['precision_at_k'])} / {_fmt(r['map'])}" if r else "-")
+        ret_rows.append(row)
+    if ret_rows:
+        out += ["", f"retrieval, precision@{k} / mAP, over {metrics.get('retrieval_tracks', '?')} tracks "
+                    f"({metrics.get('segments_per_track', '?')} segments per track embedding)",
+                _table(header, ret_rows)]
+    return "\n".join(out)
+
+
+def write_report(metrics: Mapping[str, Any], out_dir: str) -> Dict[str, str]:
+    """Write ``metrics.json``, ``accuracy.png`` and (when the model has one) ``disentanglement.png``.
+
+    Returns:
+        ``{"metrics": path, "accuracy": path, "disentanglement": path}`` (the last
+        only when written).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"metrics": os.path.join(out_dir, "metrics.json"), "accuracy": os.path.join(out_dir, "accuracy.png")}
+    write_metrics_json(metrics, paths["metrics"])
+    plot_accuracy(metrics, paths["accuracy"])
+    first = next(iter(metrics["embedders"]))
+    target = "model" if "model" in metrics["embedders"] else first
+    dis = os.path.join(out_dir, "disentanglement.png")
+    if plot_disentanglement(metrics, dis, target):
+        paths["disentanglement"] = dis
+    return paths
