@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "synth": "synth",
     "import-jamendo": "import_jamendo",
     "prepare": "prepare",
+    "train": "train",
+    "evaluate": "evaluate",
 }
 
 

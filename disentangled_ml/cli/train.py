@@ -1,0 +1,77 @@
+"""Train the masked triplet model on a prepared collection (resumes an interrupted run in the same --out)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from disentangled_ml.cli import CliError
+
+HELP = "train on a prepared collection; rerun the same command to resume"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prepared_dir", metavar="PREPARED_DIR", help="directory written by `dml prepare`")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR",
+                        help="run directory (checkpoints, TensorBoard logs, config); an existing run there is resumed")
+    parser.add_argument("--config", metavar="CONFIG_JSON",
+                        help="a config.json (e.g. from `dml tune` or an earlier run); default: PREPARED_DIR/config.json")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, e.g. --set loss.margin=0.2 --set model.backbone=resnet "
+                             "(repeatable; VALUE is parsed as JSON when it can be)")
+    parser.add_argument("--epochs", type=int, help="maximum epochs (train.epochs; default from the config: 100)")
+    parser.add_argument("--steps-per-epoch", type=int,
+                        help="training steps (batches of triplets) per epoch (train.steps_per_epoch; default 500)")
+    parser.add_argument("--batch-size", type=int, help="triplets per step (train.batch_size; default 32)")
+    parser.add_argument("--quiet", action="store_true", help="no Keras progress bar")
+
+
+def parse_overrides(items, args=None):
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--set {item!r} must look like SECTION.KEY=VALUE, e.g. loss.margin=0.2")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    if args is not None:
+        for flag, key in (("epochs", "train.epochs"), ("steps_per_epoch", "train.steps_per_epoch"),
+                          ("batch_size", "train.batch_size")):
+            if getattr(args, flag) is not None:
+                overrides[key] = getattr(args, flag)
+    return overrides
+
+
+def load_config(args):
+    import os
+
+    from disentangled_ml.config import Config, ConfigError
+
+    try:
+        if args.config:
+            cfg = Config.from_json(args.config)
+        elif os.path.isfile(os.path.join(args.prepared_dir, "config.json")):
+            cfg = Config.from_json(os.path.join(args.prepared_dir, "config.json"))
+        else:
+            cfg = Config()
+        overrides = parse_overrides(args.set, args)
+        return cfg.replace(**overrides) if overrides else cfg
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from disentangled_ml.config import ConfigError
+    from disentangled_ml.data.manifest import ManifestError
+    from disentangled_ml.training import train
+
+    cfg = load_config(args)
+    try:
+        summary = train(args.prepared_dir, args.out, cfg, verbose=0 if args.quiet else 1)
+    except (ConfigError, ManifestError) as e:
+        raise CliError(str(e)) from None
+    print(json.dumps(summary, indent=2))
+    print(f"TensorBoard: tensorboard --logdir {summary['tensorboard']}")
+    return 0

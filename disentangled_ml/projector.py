@@ -1,0 +1,64 @@
+"""TensorBoard embedding-projector files for each condition's sub-space.
+
+Keras 3's ``TensorBoard(embeddings_freq=...)`` writes ``.weights.h5`` files that the
+projector cannot read and only knows ``Embedding`` layers (keras#20210), so the
+files are written here directly: a TF checkpoint holding only the embedding
+variables, a metadata TSV, and ``projector_config.pbtxt`` through
+``tensorboard.plugins.projector``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins import projector
+
+METADATA = "metadata.tsv"
+CHECKPOINT = "embeddings.ckpt"
+
+
+def _tsv_cell(value: object) -> str:
+    return str(value if value is not None else "").replace("\t", " ").replace("\n", " ")
+
+
+def write_projector(log_dir: str, embeddings: np.ndarray, slices: Mapping[str, Sequence[int]],
+                    metadata: Sequence[Mapping[str, object]]) -> Dict[str, str]:
+    """Write one projector tensor for the whole embedding and one per condition slice.
+
+    Args:
+        log_dir: a TensorBoard log directory (``tensorboard --logdir`` of it or a parent).
+        embeddings: float32 [N, D].
+        slices: {condition: (start, stop)} embedding dimensions.
+        metadata: N dicts (e.g. track_id, genre, mood, instrument, tempo); the keys of
+            the first row are the TSV columns.
+    Returns:
+        {tensor name: checkpoint key} of the written tensors.
+    """
+    embeddings = np.asarray(embeddings, np.float32)
+    if len(metadata) != embeddings.shape[0]:
+        raise ValueError(f"projector: {embeddings.shape[0]} embeddings but {len(metadata)} metadata rows.")
+    os.makedirs(log_dir, exist_ok=True)
+    columns: List[str] = list(metadata[0].keys()) if metadata else ["index"]
+    with open(os.path.join(log_dir, METADATA), "w", encoding="utf-8") as f:
+        f.write("\t".join(columns) + "\n")
+        for row in metadata:
+            f.write("\t".join(_tsv_cell(row.get(c)) for c in columns) + "\n")
+
+    tensors = {"whole": embeddings}
+    for name, (start, stop) in slices.items():
+        tensors[name] = embeddings[:, start:stop]
+    variables = {name: tf.Variable(value, name=name, trainable=False) for name, value in tensors.items()}
+    tf.train.Checkpoint(**variables).save(os.path.join(log_dir, CHECKPOINT))
+
+    config = projector.ProjectorConfig()
+    keys = {}
+    for name in tensors:
+        emb = config.embeddings.add()
+        emb.tensor_name = f"{name}/.ATTRIBUTES/VARIABLE_VALUE"
+        emb.metadata_path = METADATA
+        keys[name] = emb.tensor_name
+    projector.visualize_embeddings(log_dir, config)
+    return keys

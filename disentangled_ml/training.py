@@ -1,0 +1,308 @@
+"""`dml train`: fit the masked triplet model on a prepared collection.
+
+A run directory holds everything needed to resume, evaluate and export::
+
+    RUN_DIR/
+      config.json                 the Config of the run (mel statistics filled in)
+      run.json                    prepared_dir, decode statistics, epochs, best score
+      splits.csv                  track_id -> train | validation | test
+      validation_triplets.csv     fixed evaluation triplets (rebuilt from data.seed)
+      test_triplets.csv
+      backup/                     BackupAndRestore state: a killed run resumes here
+      checkpoints/last.keras      the TripletModel after every epoch
+      best.keras                  the TripletModel with the best validation mean accuracy
+      embedding.keras             waveform -> {"embedding"} model of the best weights
+      history.csv, training_curves.png
+      tensorboard/                scalars (train/, validation/) and projector/
+
+The schedule is the paper's: Adam at ``train.learning_rate``, multiplied by
+``train.lr_factor`` when the validation loss stalls, early stopping on the
+validation mean triplet accuracy (``val_mean_acc``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from disentangled_ml.config import TRACK_CONDITION, Config, ConfigError
+from disentangled_ml.data.eval_triplets import (build_eval_triplets, iter_waveform_crops, load_split_audio,
+                                                read_eval_triplets, write_eval_triplets)
+from disentangled_ml.data.labels import LabelTables
+from disentangled_ml.data.manifest import Track, read_manifest
+from disentangled_ml.data.pipeline import DecodeStats, training_dataset
+from disentangled_ml.data.splits import SPLITS, split_tracks
+from disentangled_ml.features import log_mel, mel_filterbank
+
+log = logging.getLogger(__name__)
+
+MONITOR = "val_mean_acc"
+
+
+def load_prepared(prepared_dir: str) -> List[Track]:
+    path = os.path.join(prepared_dir, "manifest.csv")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{prepared_dir} holds no manifest.csv; run `dml prepare MANIFEST --out {prepared_dir}` first.")
+    return read_manifest(path)
+
+
+def estimate_norm_stats(tracks: Sequence[Track], rows: Sequence[int], config: Config, max_tracks: int = 32,
+                        seed: int = 0) -> Dict[str, float]:
+    """Mean and standard deviation of the compressed log-mel over a sample of training tracks.
+
+    They become ``frontend.norm_mean`` / ``norm_std``: fixed statistics, saved with the
+    run and baked into every export (DESIGN.md).
+    """
+    from disentangled_ml.audio_io import AudioDecodeError, load_audio
+
+    fe = dataclasses.replace(config.frontend, norm_mean=0.0, norm_std=1.0)
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(list(rows))[:max_tracks]
+    values = []
+    mel = mel_filterbank(fe)
+    for r in pick:
+        try:
+            y = load_audio(tracks[r].path, fe.sample_rate)
+        except AudioDecodeError as e:
+            log.warning("norm statistics: %s", e)
+            continue
+        mid = max(0, y.size // 2 - 5 * fe.sample_rate)
+        values.append(log_mel(y[None, mid:mid + 10 * fe.sample_rate], fe, mel).numpy().ravel())
+    if not values:
+        raise ConfigError("no training track could be decoded to measure the log-mel statistics.")
+    v = np.concatenate(values)
+    return {"norm_mean": float(v.mean()), "norm_std": float(max(v.std(), 1e-3))}
+
+
+def _condition_ids(config: Config) -> Dict[str, int]:
+    names = list(config.conditions.names) + [TRACK_CONDITION]
+    return {n: i for i, n in enumerate(names)}
+
+
+def eval_dataset(triplets: Sequence[dict], audio: Dict[str, np.ndarray], config: Config,
+                 batch_size: int) -> tf.data.Dataset:
+    """Fixed triplets as model input batches (log-mel computed in TF from waveform crops)."""
+    ids = _condition_ids(config)
+    seg = config.frontend.segment_samples
+    fe = config.frontend
+    mel = tf.constant(mel_filterbank(fe))
+
+    def gen():
+        for b in iter_waveform_crops(triplets, audio, config, batch_size):
+            yield (b["anchor"], b["positive"], b["negative"], np.array([ids[c] for c in b["condition"]], np.int32))
+
+    spec = tuple(tf.TensorSpec([None, seg], tf.float32) for _ in range(3)) + (tf.TensorSpec([None], tf.int32),)
+    # Repeated, and read for exactly ceil(n / batch) steps per evaluation, so each
+    # validation pass sees every fixed triplet once.
+    ds = tf.data.Dataset.from_generator(gen, output_signature=spec).repeat()
+    return ds.map(lambda a, p, n, c: {"anchor": log_mel(a, fe, mel), "positive": log_mel(p, fe, mel),
+                                      "negative": log_mel(n, fe, mel), "condition": c}).prefetch(2)
+
+
+class _LearningRateLogger(keras.callbacks.Callback):
+    """Puts the optimizer's learning rate into the epoch logs (TensorBoard, CSV)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class _DecodeStatsLogger(keras.callbacks.Callback):
+    def __init__(self, stats: DecodeStats):
+        super().__init__()
+        self.stats = stats
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["skipped_files"] = float(self.stats.skipped)
+        if self.stats.skipped:
+            log.warning("%d file(s) failed to decode at train time and were skipped.", self.stats.skipped)
+
+
+def _write_splits(path: str, tracks: Sequence[Track], splits: Dict[str, List[int]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["track_id", "split"])
+        for name in SPLITS:
+            for r in splits[name]:
+                w.writerow([tracks[r].track_id, name])
+
+
+def resolve_config(run_dir: str, prepared_dir: str, user: Optional[Config]) -> Config:
+    """The run's config: an existing run's saved one (resume), else the user's, else the prepared one."""
+    saved = os.path.join(run_dir, "config.json")
+    if os.path.isfile(saved):
+        cfg = Config.from_json(saved)
+        if user is not None and user.replace(**{"frontend.norm_mean": cfg.frontend.norm_mean,
+                                               "frontend.norm_std": cfg.frontend.norm_std}).hash() != cfg.hash():
+            log.warning("%s already holds a run with another config; resuming it with its saved config "
+                        "(use a new --out to train with the new one).", run_dir)
+        return cfg
+    if user is not None:
+        return user
+    prepared = os.path.join(prepared_dir, "config.json")
+    return Config.from_json(prepared) if os.path.isfile(prepared) else Config()
+
+
+def plot_history(history_csv: str, out_png: str) -> None:
+    """Training curves: loss, and triplet accuracy per condition (train dashed, validation solid)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(history_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    acc_keys = sorted(k for k in rows[0] if k.startswith("acc_") or k == "mean_acc")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key, ax in (("loss", ax1),):
+        for prefix, style in (("", "--"), ("val_", "-")):
+            if prefix + key in rows[0]:
+                ax.plot(epochs, [float(r[prefix + key]) for r in rows], style, label=prefix + key)
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
+    for i, key in enumerate(acc_keys):
+        color = f"C{i}"
+        for prefix, style in (("", "--"), ("val_", "-")):
+            if prefix + key in rows[0]:
+                ax2.plot(epochs, [float(r[prefix + key]) for r in rows], style, color=color, label=prefix + key)
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("triplet accuracy"), ax2.set_ylim(0, 1.02), ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7, ncol=2)
+    fig.suptitle("training curves (dashed: train, solid: validation)")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def write_validation_projector(run_dir: str, embedding_model: keras.Model, tracks: Sequence[Track],
+                               rows: Sequence[int], config: Config, segments_per_track: int = 4) -> str:
+    """Projector run over validation segments: whole embedding and every condition slice."""
+    from disentangled_ml.audio_io import AudioDecodeError, load_audio
+    from disentangled_ml.projector import write_projector
+
+    fe = config.frontend
+    seg = fe.segment_samples
+    crops, meta = [], []
+    for r in rows:
+        t = tracks[r]
+        try:
+            y = load_audio(t.path, fe.sample_rate)
+        except AudioDecodeError as e:
+            log.warning("projector: %s", e)
+            continue
+        n = max(1, min(segments_per_track, y.size // seg))
+        for k in range(n):
+            c = y[k * seg:(k + 1) * seg]
+            crops.append(np.pad(c, (0, seg - c.size)))
+            meta.append({"track_id": t.track_id, "segment": k,
+                         **{c_: "|".join(v) for c_, v in t.labels.items()},
+                         "tempo": "" if t.tempo is None else f"{t.tempo:.1f}"})
+    emb = embedding_model.predict(np.stack(crops), batch_size=64, verbose=0)
+    emb = emb["embedding"] if isinstance(emb, dict) else emb
+    out = os.path.join(run_dir, "tensorboard", "projector")
+    write_projector(out, emb, config.conditions.slices, meta)
+    return out
+
+
+def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verbose: int = 1) -> Dict[str, object]:
+    """Train (or resume) a run. Returns the summary written to ``run.json``."""
+    from disentangled_ml.models.embedding import add_frontend
+    from disentangled_ml.models.trainer import build_triplet_model
+
+    tracks = load_prepared(prepared_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    config = resolve_config(run_dir, prepared_dir, config)
+    tables = LabelTables.from_tracks(tracks, config)
+    splits = split_tracks(tracks, config)
+    usable = tables.usable_conditions(splits["train"])
+    for name, ok in usable.items():
+        if not ok:
+            log.warning("condition %r cannot form training triplets (too few labelled tracks per class); "
+                        "its slice will not be trained.", name)
+    if not any(usable.values()) and config.data.track_triplet_ratio == 0:
+        raise ConfigError("no condition can form triplets and data.track_triplet_ratio is 0: nothing to train.")
+
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(config_path):
+        stats = estimate_norm_stats(tracks, splits["train"], config, seed=config.data.seed)
+        config = config.replace(**{f"frontend.{k}": v for k, v in stats.items()})
+        config.to_json(config_path)
+        _write_splits(os.path.join(run_dir, "splits.csv"), tracks, splits)
+    log.info("run %s: config %s, %d/%d/%d tracks (train/validation/test)", run_dir, config.hash(),
+             *(len(splits[s]) for s in SPLITS))
+
+    # Fixed evaluation triplets: written once, rebuilt identically from data.seed.
+    triplets = {}
+    for name in ("validation", "test"):
+        path = os.path.join(run_dir, f"{name}_triplets.csv")
+        if not os.path.isfile(path) and len(splits[name]) >= 2:
+            write_eval_triplets(build_eval_triplets(tracks, tables, splits[name], config,
+                                                    seed=config.data.seed + (1 if name == "validation" else 2)), path)
+        triplets[name] = read_eval_triplets(path) if os.path.isfile(path) else []
+    if not triplets["validation"]:
+        raise ConfigError("the validation split cannot form any triplet; add tracks or raise data.split_fractions[1].")
+    val_audio = load_split_audio(tracks, triplets["validation"], config)
+
+    decode_stats = DecodeStats()
+    strategy = tf.distribute.MirroredStrategy() if len(tf.config.list_logical_devices("GPU")) > 1 \
+        else tf.distribute.get_strategy()
+    batch = config.train.batch_size * strategy.num_replicas_in_sync
+    train_ds = training_dataset(tracks, tables, splits["train"], config, batch_size=batch, stats=decode_stats)
+    val_ds = eval_dataset(triplets["validation"], val_audio, config, batch)
+
+    with strategy.scope():
+        model = build_triplet_model(config)
+
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    callbacks = [
+        _LearningRateLogger(),
+        _DecodeStatsLogger(decode_stats),
+        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(os.path.join(ckpt_dir, "last.keras")),
+        keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=MONITOR, mode="max",
+                                        save_best_only=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.train.lr_factor,
+                                          patience=config.train.lr_patience, verbose=verbose),
+        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config.train.early_stopping_patience,
+                                      restore_best_weights=True, verbose=verbose),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
+    ]
+    history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=config.train.steps_per_epoch,
+                        validation_data=val_ds, validation_steps=-(-len(triplets["validation"]) // batch),
+                        callbacks=callbacks, verbose=verbose)
+
+    best_path = os.path.join(run_dir, "best.keras")
+    if os.path.isfile(best_path):
+        model = keras.saving.load_model(best_path)
+    waveform_model = add_frontend(config, model.embedding_model)
+    waveform_model.save(os.path.join(run_dir, "embedding.keras"))
+    projector_dir = write_validation_projector(run_dir, waveform_model, tracks, splits["validation"], config)
+    plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "training_curves.png"))
+
+    with open(os.path.join(run_dir, "history.csv")) as f:
+        scores = [float(r[MONITOR]) for r in csv.DictReader(f) if r.get(MONITOR)]
+    summary = {
+        "prepared_dir": os.path.abspath(prepared_dir),
+        "config_hash": config.hash(),
+        "epochs_this_call": len(history.history.get("loss", [])),
+        "epochs_total": len(scores),
+        "best_val_mean_acc": max(scores) if scores else None,
+        "decode": decode_stats.as_dict(),
+        "tensorboard": os.path.join(run_dir, "tensorboard"),
+        "projector": projector_dir,
+    }
+    with open(os.path.join(run_dir, "run.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
