@@ -110,15 +110,29 @@ def load_audio(path: str, sample_rate: int) -> np.ndarray:
     tf = _tf()
     info = probe_audio(path)
     try:
-        y = decode_audio_tf(
-            tf.io.read_file(path), tf.constant(FORMAT_CODES.index(info.format_code)),
-            tf.constant(info.sample_rate, tf.int64), sample_rate,
+        y = _graph_decoder(sample_rate)(
+            tf.io.read_file(path), tf.constant(FORMAT_CODES.index(info.format_code), tf.int32),
+            tf.constant(info.sample_rate, tf.int64),
         ).numpy()
     except Exception as e:
         raise AudioDecodeError(f"{path}: decoding failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
     if y.size == 0:
         raise AudioDecodeError(f"{path}: decoded to zero samples; the file is empty or truncated.")
     return y
+
+
+_DECODERS: dict = {}
+
+
+def _graph_decoder(sample_rate: int):
+    """decode_audio_tf traced once per target rate (eager calls would re-trace the resampler per file)."""
+    if sample_rate not in _DECODERS:
+        tf = _tf()
+        _DECODERS[sample_rate] = tf.function(
+            lambda contents, fmt, rate: decode_audio_tf(contents, fmt, rate, sample_rate),
+            input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64)],
+        )
+    return _DECODERS[sample_rate]
 
 
 def decode_audio_tf(contents, format_index, file_rate, sample_rate: int):
