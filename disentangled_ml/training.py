@@ -11,6 +11,7 @@ A run directory holds everything needed to resume, evaluate and export::
       backup/                     BackupAndRestore state: a killed run resumes here
       checkpoints/last.keras      the TripletModel after every epoch
       best.keras                  the TripletModel with the best validation mean accuracy
+      masks.npy                   its condition mask matrix, float32 [conditions + 1, embedding_dim]
       embedding.keras             waveform -> {"embedding"} model of the best weights
       history.csv, training_curves.png
       tensorboard/                scalars (train/, validation/) and projector/
@@ -214,11 +215,28 @@ def write_validation_projector(run_dir: str, embedding_model: keras.Model, track
     return out
 
 
-def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verbose: int = 1) -> Dict[str, object]:
-    """Train (or resume) a run. Returns the summary written to ``run.json``."""
-    from disentangled_ml.models.embedding import add_frontend
-    from disentangled_ml.models.trainer import build_triplet_model
+@dataclasses.dataclass
+class RunData:
+    """Everything a run (or a tuning trial) trains and validates on; built by :func:`prepare_run`."""
 
+    config: Config
+    tracks: List[Track]
+    tables: LabelTables
+    splits: Dict[str, List[int]]
+    triplets: Dict[str, List[dict]]
+    val_audio: Dict[str, np.ndarray]
+
+    def datasets(self, batch_size: int, stats: Optional[DecodeStats] = None, config: Optional[Config] = None):
+        """(train_ds, val_ds, validation_steps) for global batches of ``batch_size`` triplets."""
+        config = config or self.config
+        train_ds = training_dataset(self.tracks, self.tables, self.splits["train"], config, batch_size=batch_size,
+                                    stats=stats)
+        val_ds = eval_dataset(self.triplets["validation"], self.val_audio, config, batch_size)
+        return train_ds, val_ds, -(-len(self.triplets["validation"]) // batch_size)
+
+
+def prepare_run(prepared_dir: str, run_dir: str, config: Optional[Config] = None) -> RunData:
+    """Resolve the config, split, measure mel statistics and write/read the fixed triplets of a run directory."""
     tracks = load_prepared(prepared_dir)
     os.makedirs(run_dir, exist_ok=True)
     config = resolve_config(run_dir, prepared_dir, config)
@@ -252,40 +270,59 @@ def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verb
     if not triplets["validation"]:
         raise ConfigError("the validation split cannot form any triplet; add tracks or raise data.split_fractions[1].")
     val_audio = load_split_audio(tracks, triplets["validation"], config)
+    return RunData(config, tracks, tables, splits, triplets, val_audio)
 
+
+def schedule_callbacks(config: Config, verbose: int = 1) -> List[keras.callbacks.Callback]:
+    """The paper's schedule: divide the learning rate on a validation-loss plateau, stop early on val_mean_acc."""
+    return [
+        _LearningRateLogger(),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.train.lr_factor,
+                                          patience=config.train.lr_patience, verbose=verbose),
+        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config.train.early_stopping_patience,
+                                      restore_best_weights=True, verbose=verbose),
+    ]
+
+
+def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verbose: int = 1) -> Dict[str, object]:
+    """Train (or resume) a run. Returns the summary written to ``run.json``."""
+    from disentangled_ml.models.embedding import add_frontend
+    from disentangled_ml.models.trainer import build_triplet_model
+
+    data = prepare_run(prepared_dir, run_dir, config)
+    config, tracks, splits = data.config, data.tracks, data.splits
     decode_stats = DecodeStats()
     strategy = tf.distribute.MirroredStrategy() if len(tf.config.list_logical_devices("GPU")) > 1 \
         else tf.distribute.get_strategy()
     batch = config.train.batch_size * strategy.num_replicas_in_sync
-    train_ds = training_dataset(tracks, tables, splits["train"], config, batch_size=batch, stats=decode_stats)
-    val_ds = eval_dataset(triplets["validation"], val_audio, config, batch)
+    train_ds, val_ds, val_steps = data.datasets(batch, decode_stats)
 
     with strategy.scope():
         model = build_triplet_model(config)
 
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
+    # Loggers that add to the epoch logs (learning rate, decode counts) come before CSV/TensorBoard.
     callbacks = [
-        _LearningRateLogger(),
         _DecodeStatsLogger(decode_stats),
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
         keras.callbacks.ModelCheckpoint(os.path.join(ckpt_dir, "last.keras")),
         keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=MONITOR, mode="max",
                                         save_best_only=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.train.lr_factor,
-                                          patience=config.train.lr_patience, verbose=verbose),
-        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config.train.early_stopping_patience,
-                                      restore_best_weights=True, verbose=verbose),
+    ] + schedule_callbacks(config, verbose) + [
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
     ]
     history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=config.train.steps_per_epoch,
-                        validation_data=val_ds, validation_steps=-(-len(triplets["validation"]) // batch),
+                        validation_data=val_ds, validation_steps=val_steps,
                         callbacks=callbacks, verbose=verbose)
 
     best_path = os.path.join(run_dir, "best.keras")
     if os.path.isfile(best_path):
         model = keras.saving.load_model(best_path)
+    # The mask matrix [C + 1, D] (fixed slices, learned CSN masks or all ones): evaluation and
+    # search need it for learned masks, whose sub-spaces are not contiguous slices.
+    np.save(os.path.join(run_dir, "masks.npy"), keras.ops.convert_to_numpy(model.condition_masks.mask_matrix()))
     waveform_model = add_frontend(config, model.embedding_model)
     waveform_model.save(os.path.join(run_dir, "embedding.keras"))
     projector_dir = write_validation_projector(run_dir, waveform_model, tracks, splits["validation"], config)
