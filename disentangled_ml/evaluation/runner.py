@@ -463,6 +463,14 @@ def _export_views(export_config: Mapping[str, Any], config: Config, model_path: 
     if seconds is not None and abs(float(seconds) - fe.segment_seconds) > 1e-6:
         raise EvaluationError(f"{model_path}: the export takes {seconds} s segments but the run's config uses "
                               f"{fe.segment_seconds} s.")
+    learned = export_config.get("condition_masks")
+    if export_config.get("mask_mode") == "learned" and isinstance(learned, Mapping):
+        missing = set(config.conditions.names) - set(learned)
+        if missing:
+            raise EvaluationError(f"{model_path}: the export's config.json has no learned mask for condition(s) "
+                                  f"{sorted(missing)} of the run.")
+        # learned sub-spaces are masks over the whole embedding, not contiguous slices
+        return {n: np.asarray(learned[n], np.float32) for n in config.conditions.names}
     conds = export_config.get("conditions")
     # Contract 2 writes {"genre": [0, 64], ...}; anything else (e.g. a nested Config) gives no slices.
     slices = {n: v for n, v in conds.items() if isinstance(v, (list, tuple)) and len(v) == 2} \

@@ -1,0 +1,172 @@
+"""Size and single-thread latency of every export variant, side by side with the Keras model.
+
+For one 3 s segment (batch 1), on one CPU thread:
+
+* ``keras``: the waveform Keras model called through ``tf.function`` (TensorFlow
+  with ``intra_op_parallelism_threads = inter_op_parallelism_threads = 1``);
+* ``saved_model``: the export's ``serving_default`` signature (same TensorFlow settings);
+* each ``.tflite`` variant with LiteRT (``num_threads=1``, default XNNPACK delegate,
+  what a client gets).
+
+Each is warmed up, then timed ``--repeats`` times; the median and 90th percentile
+are reported, with the file size and the parity numbers of the export.
+
+Without ``--run`` the script builds an untrained model of the default ``Config()``
+(inception, width 64, 22,050 Hz, 3 s) and exports it with synthetic calibration
+audio: size and latency do not depend on the weights (the JSON says so). With
+``--run RUN_DIR`` it exports that trained run instead.
+
+Writes ``benchmarks/results/export.json`` and prints a table. These machines are
+shared; ratios between variants are the point, absolute figures move.
+
+    python benchmarks/export.py [--run RUN_DIR] [--repeats 30] [--warmup 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _single_thread_tf():
+    import tensorflow as tf
+
+    # Must run before TensorFlow starts its thread pools, i.e. before any op.
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    return tf
+
+
+def _untrained_run(work: str) -> str:
+    import keras
+
+    from disentangled_ml.config import Config
+    from disentangled_ml.models import add_frontend, build_triplet_model
+
+    cfg = Config()
+    run = os.path.join(work, "untrained_run")
+    os.makedirs(run)
+    cfg.to_json(os.path.join(run, "config.json"))
+    keras.utils.set_random_seed(0)
+    model = build_triplet_model(cfg)
+    add_frontend(cfg, model.embedding_model).save(os.path.join(run, "embedding.keras"))
+    np.save(os.path.join(run, "masks.npy"), keras.ops.convert_to_numpy(model.condition_masks.mask_matrix()))
+    return run
+
+
+def _time(fn, warmup: int, repeats: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"latency_ms_median": float(np.median(times)), "latency_ms_p90": float(np.percentile(times, 90)),
+            "latency_ms_min": float(np.min(times))}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default=None, help="training run directory to export (default: an untrained "
+                                                    "default-config model)")
+    parser.add_argument("--prepared", default=None, help="prepared collection of --run (calibration/parity audio)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per variant")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
+    parser.add_argument("--calibration-segments", type=int, default=100, help="int8_full calibration segments")
+    parser.add_argument("--parity-segments", type=int, default=20, help="segments of the parity check")
+    parser.add_argument("--keep", default=None, help="write the export here instead of a temporary folder")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                      "export.json"))
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf = _single_thread_tf()
+    import keras
+
+    import disentangled_ml
+    import disentangled_ml.models  # noqa: F401 - registers the custom layers
+    from disentangled_ml.export import export_run
+    from disentangled_ml.export.tflite import VARIANTS, open_interpreter
+
+    with tempfile.TemporaryDirectory() as work:
+        run = args.run or _untrained_run(work)
+        export_dir = args.keep or os.path.join(work, "export")
+        t0 = time.perf_counter()
+        result = export_run(run, export_dir, prepared_dir=args.prepared, overwrite=bool(args.keep),
+                            calibration_segments=args.calibration_segments, parity_segments=args.parity_segments)
+        export_seconds = time.perf_counter() - t0
+        config, parity = result["config"], result["parity"]
+        seg = config["segment_samples"]
+        x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, seg)).astype(np.float32)
+
+        rows = []
+        model = keras.saving.load_model(os.path.join(run, "embedding.keras") if os.path.isdir(run) else run)
+        graph_call = tf.function(lambda a: model(a, training=False)["embedding"])
+        xt = tf.constant(x)
+        rows.append({"variant": "keras", "file": "embedding.keras (tf.function)",
+                     "size_bytes": os.path.getsize(os.path.join(run, "embedding.keras")) if os.path.isdir(run)
+                     else os.path.getsize(run), **_time(lambda: graph_call(xt).numpy(), args.warmup, args.repeats)})
+        serve = tf.saved_model.load(os.path.join(export_dir, "saved_model")).signatures["serving_default"]
+        rows.append({"variant": "saved_model", "file": "saved_model/",
+                     "size_bytes": config["files"]["saved_model"]["size_bytes"],
+                     **_time(lambda: serve(audio=xt)["embedding"].numpy(), args.warmup, args.repeats),
+                     **{k: parity["variants"]["saved_model"][k] for k in ("max_abs_diff", "min_cosine")}})
+        for v in VARIANTS:
+            path = os.path.join(export_dir, v.filename)
+            if not os.path.isfile(path):
+                continue
+            runner = open_interpreter(path, num_threads=1).get_signature_runner()
+            rows.append({"variant": v.name, "file": v.filename, "size_bytes": os.path.getsize(path),
+                         **_time(lambda: runner(audio=x), args.warmup, args.repeats),
+                         **{k: parity["variants"][v.name][k] for k in ("max_abs_diff", "min_cosine")}})
+        keras_ms = rows[0]["latency_ms_median"]
+        for r in rows:
+            r["speedup_vs_keras"] = keras_ms / r["latency_ms_median"]
+
+    import ai_edge_litert
+
+    out = {
+        "what": "size and single-thread latency per segment (batch 1) of each export variant vs the Keras model",
+        "model": {"source": os.path.abspath(args.run) if args.run else "untrained default Config() model",
+                  "trained": bool(args.run),
+                  "note": None if args.run else "size and latency do not depend on the weights; parity figures "
+                                                "of an untrained network are only indicative",
+                  "backbone": config["model"]["backbone"], "width": config["model"]["width"],
+                  "parameters": config["model"]["parameters"], "sample_rate": config["sample_rate"],
+                  "segment_seconds": config["segment_seconds"], "mask_mode": config["mask_mode"]},
+        "threads": 1, "batch": 1, "warmup": args.warmup, "repeats": args.repeats,
+        "export_seconds": export_seconds,
+        "calibration": (config.get("int8_full") or {}).get("calibration"),
+        "parity_segments": parity["segments"],
+        "results": rows,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "load_average_1min": os.getloadavg()[0],
+                    "python": sys.version.split()[0], "tensorflow": tf.__version__,
+                    "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?"),
+                    "disentangled_ml": disentangled_ml.__version__},
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
+        f.write("\n")
+    print(f"{'variant':<12}{'file':<32}{'size MB':>9}{'median ms':>11}{'p90 ms':>9}{'vs keras':>10}"
+          f"{'max|diff|':>11}{'min cos':>9}")
+    for r in rows:
+        diff = f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-"
+        cos = f"{r['min_cosine']:.4f}" if "min_cosine" in r else "-"
+        print(f"{r['variant']:<12}{r['file']:<32}{r['size_bytes'] / 1e6:>9.2f}{r['latency_ms_median']:>11.1f}"
+              f"{r['latency_ms_p90']:>9.1f}{r['speedup_vs_keras']:>9.2f}x{diff:>11}{cos:>9}")
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
