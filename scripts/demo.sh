@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job end to end on a fresh synthetic collection: synth -> prepare -> train -> evaluate.
+# The main job end to end on a fresh synthetic collection:
+# synth -> prepare -> train -> evaluate -> export -> embed -> similar.
 # Usage: scripts/demo.sh VENV_BIN OUT_DIR N_TRACKS   (called by `make demo`)
 set -euo pipefail
 BIN=${1:-.venv/bin}
@@ -10,9 +11,9 @@ export TF_CPP_MIN_LOG_LEVEL=2
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
-echo "== 1/4 synthesise $TRACKS tracks"
+echo "== 1/7 synthesise $TRACKS tracks"
 "$DML" synth "$OUT/collection" --tracks "$TRACKS" --seed 0
-echo "== 2/4 prepare (validate, tempo with madmom where missing, label summary)"
+echo "== 2/7 prepare (validate, tempo with madmom where missing, label summary)"
 # The synthesiser writes exact BPM; drop it for a third of the tracks so madmom estimates those.
 "$BIN/python" - "$OUT/collection/manifest.csv" <<'PY'
 import csv, sys
@@ -26,12 +27,21 @@ with open(path, "w", newline="") as f:
     w.writeheader(); w.writerows(rows)
 PY
 "$DML" prepare "$OUT/collection/manifest.csv" --out "$OUT/prepared"
-echo "== 3/4 train (a short run; see README for full-size settings)"
+echo "== 3/7 train (a short run; see README for full-size settings)"
 "$DML" train "$OUT/prepared" --out "$OUT/run" \
   --set model.width=16 --set data.eval_triplets_per_condition=100 \
   --epochs "${DEMO_EPOCHS:-4}" --steps-per-epoch "${DEMO_STEPS:-40}"
-echo "== 4/4 evaluate on the test split, against the MFCC-VQ, MFCC and untrained baselines"
+echo "== 4/7 evaluate on the test split, against the MFCC-VQ, MFCC and untrained baselines"
 "$DML" evaluate "$OUT/run" --prepared "$OUT/prepared"
+echo "== 5/7 export: SavedModel + TFLite (float32, fp16, int8) with the mel frontend inside, parity checked"
+"$DML" export "$OUT/run" --out "$OUT/export" --calibration-segments 50 --parity-segments 50
+echo "== 6/7 embed the collection with the export"
+"$DML" embed "$OUT/export" "$OUT/prepared/manifest.csv" --out "$OUT/catalogue"
+QUERY=$(awk -F, 'NR==2 {print $2}' "$OUT/prepared/manifest.csv")
+echo "== 7/7 nearest tracks to $QUERY, by mood and by instrument"
+"$DML" similar "$OUT/catalogue" "$QUERY" --condition mood --k 5
+"$DML" similar "$OUT/catalogue" "$QUERY" --condition instrument --k 5
 echo
 echo "Done. TensorBoard (scalars and the embedding projector): $BIN/tensorboard --logdir $OUT/run/tensorboard"
 echo "Plots: $OUT/run/training_curves.png $OUT/run/eval_test/accuracy.png $OUT/run/eval_test/disentanglement.png"
+echo "Export: $OUT/export (config.json, saved_model/, model*.tflite, parity.json)"
