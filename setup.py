@@ -32,6 +32,7 @@ setup(
         "keras-tuner==1.4.8",
         "tensorboard==2.16.2",  # matches TF 2.16.2
         "ai-edge-litert==2.3.0",  # runs .tflite without TensorFlow
+        "hnswlib==0.8.0",  # approximate nearest neighbours for large catalogues (dml similar)
         "soundfile>=0.12",
         "soxr>=0.3",  # resamples to 44.1 kHz for madmom's beat RNN (madmom's own resampler needs ffmpeg)  # writes the synthetic collection (wav/flac/ogg)
         "tqdm>=4.60",
