@@ -33,8 +33,8 @@ setup(
         "tensorboard==2.16.2",  # matches TF 2.16.2
         "ai-edge-litert==2.3.0",  # runs .tflite without TensorFlow
         "hnswlib==0.8.0",  # approximate nearest neighbours for large catalogues (dml similar)
-        "soundfile>=0.12",
-        "soxr>=0.3",  # resamples to 44.1 kHz for madmom's beat RNN (madmom's own resampler needs ffmpeg)  # writes the synthetic collection (wav/flac/ogg)
+        "soundfile>=0.12",  # writes the synthetic collection (wav/flac/ogg)
+        "soxr>=0.3",  # resamples to 44.1 kHz for madmom's beat RNN (madmom's own resampler needs ffmpeg)
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "scikit-learn>=1.3",  # k-means codebook of the MFCC-VQ baseline, nearest neighbours
