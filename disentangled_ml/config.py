@@ -141,6 +141,9 @@ class DataConfig:
     # Range of madmom's tempo search in `dml prepare` (madmom's own defaults).
     tempo_min_bpm: float = 40.0
     tempo_max_bpm: float = 250.0
+    # Audio shards (`dml prepare --cache-audio`) read at once, records interleaved in a
+    # fixed order; it sets the order tracks enter the pipeline, so it is part of the config.
+    shard_cycle_length: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
@@ -161,6 +164,7 @@ class DataConfig:
         _check(self.silence_rms_db < 0, "data.silence_rms_db", self.silence_rms_db, "< 0 dBFS")
         _check(0 < self.tempo_min_bpm < self.tempo_max_bpm, "data.tempo_min_bpm/tempo_max_bpm",
                (self.tempo_min_bpm, self.tempo_max_bpm), "0 < tempo_min_bpm < tempo_max_bpm BPM")
+        _check(self.shard_cycle_length >= 1, "data.shard_cycle_length", self.shard_cycle_length, ">= 1 shard")
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,9 @@ class LossConfig:
 
     margin: float = 0.1  # the paper's margin, on L2-normalised embeddings.
     track_weight: float = 0.5  # lambda, the paper's value.
-    mask_l1: float = 5e-4  # CSN: L1 penalty on learned masks.
+    # CSN: L1 penalty on learned masks. CSN used 5e-4 on [4, 64] masks; ours are [4, 256], so the
+    # per-entry weight is scaled by 64/256 to keep the penalty's size relative to the triplet loss.
+    mask_l1: float = 1.25e-4
     embed_norm: float = 5e-3  # CSN: penalty on the un-normalised embedding norm.
     hard_fraction: float = 0.5  # data.mining="batch_hard": share of each condition's triplets kept, hardest first.
 

@@ -128,6 +128,32 @@ class _DecodeStatsLogger(keras.callbacks.Callback):
             log.warning("%d file(s) failed to decode at train time and were skipped.", self.stats.skipped)
 
 
+class _AtomicCheckpoints(keras.callbacks.Callback):
+    """Saves ``last.keras`` every epoch and ``best.keras`` on a new best ``val_mean_acc``.
+
+    Unlike ``keras.callbacks.ModelCheckpoint``, which writes the file in place, each file is
+    written beside its target and renamed over it, so a run killed mid-save keeps the previous
+    complete checkpoint instead of a truncated zip.
+    """
+
+    def __init__(self, last_path: str, best_path: str, best: Optional[float] = None):
+        super().__init__()
+        self.last_path, self.best_path = last_path, best_path
+        self.best = -np.inf if best is None else best
+
+    def _save(self, path: str) -> None:
+        tmp = path[: -len(".keras")] + ".tmp.keras"
+        self.model.save(tmp, overwrite=True)
+        os.replace(tmp, path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._save(self.last_path)
+        score = (logs or {}).get(MONITOR)
+        if score is not None and score > self.best:
+            self.best = float(score)
+            self._save(self.best_path)
+
+
 def _write_splits(path: str, tracks: Sequence[Track], splits: Dict[str, List[int]]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -138,12 +164,22 @@ def _write_splits(path: str, tracks: Sequence[Track], splits: Dict[str, List[int
 
 
 def resolve_config(run_dir: str, prepared_dir: str, user: Optional[Config]) -> Config:
-    """The run's config: an existing run's saved one (resume), else the user's, else the prepared one."""
+    """The run's config: an existing run's saved one (resume), else the user's, else the prepared one.
+
+    On resume only ``train.epochs`` may change (to extend a finished or stopped run);
+    any other difference is ignored with a warning, so a resumed run stays the run it was.
+    """
     saved = os.path.join(run_dir, "config.json")
     if os.path.isfile(saved):
         cfg = Config.from_json(saved)
-        if user is not None and user.replace(**{"frontend.norm_mean": cfg.frontend.norm_mean,
-                                               "frontend.norm_std": cfg.frontend.norm_std}).hash() != cfg.hash():
+        if user is None:
+            return cfg
+        if user.train.epochs != cfg.train.epochs:
+            log.info("resuming %s with train.epochs=%d (was %d)", run_dir, user.train.epochs, cfg.train.epochs)
+            cfg = cfg.replace(**{"train.epochs": user.train.epochs})
+            cfg.to_json(saved)
+        same = user.replace(**{"frontend.norm_mean": cfg.frontend.norm_mean, "frontend.norm_std": cfg.frontend.norm_std})
+        if same.hash() != cfg.hash():
             log.warning("%s already holds a run with another config; resuming it with its saved config "
                         "(use a new --out to train with the new one).", run_dir)
         return cfg
@@ -151,6 +187,25 @@ def resolve_config(run_dir: str, prepared_dir: str, user: Optional[Config]) -> C
         return user
     prepared = os.path.join(prepared_dir, "config.json")
     return Config.from_json(prepared) if os.path.isfile(prepared) else Config()
+
+
+def _history(run_dir: str) -> List[Dict[str, str]]:
+    path = os.path.join(run_dir, "history.csv")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def completed_epochs(run_dir: str) -> int:
+    """Epochs a run has finished, from its history.csv (0 for a new run)."""
+    return len({r["epoch"] for r in _history(run_dir)})
+
+
+def best_score(run_dir: str) -> Optional[float]:
+    """The best validation mean triplet accuracy in a run's history.csv (None for a new run)."""
+    scores = [float(r[MONITOR]) for r in _history(run_dir) if r.get(MONITOR)]
+    return max(scores) if scores else None
 
 
 def plot_history(history_csv: str, out_png: str) -> None:
@@ -225,18 +280,38 @@ class RunData:
     splits: Dict[str, List[int]]
     triplets: Dict[str, List[dict]]
     val_audio: Dict[str, np.ndarray]
+    audio_dir: Optional[str] = None  # TFRecord audio shards the training pipeline reads, if any
 
-    def datasets(self, batch_size: int, stats: Optional[DecodeStats] = None, config: Optional[Config] = None):
-        """(train_ds, val_ds, validation_steps) for global batches of ``batch_size`` triplets."""
+    def datasets(self, batch_size: int, stats: Optional[DecodeStats] = None, config: Optional[Config] = None,
+                 data_service: Optional[str] = None, job_name: Optional[str] = None):
+        """(train_ds, val_ds, validation_steps) for global batches of ``batch_size`` triplets.
+
+        With ``data_service`` (``grpc://HOST:PORT``) the training pipeline runs on the
+        tf.data service workers (:mod:`disentangled_ml.data.service`: run-time seeds,
+        no decode counters, so ``stats`` is ignored); validation stays local.
+        """
         config = config or self.config
-        train_ds = training_dataset(self.tracks, self.tables, self.splits["train"], config, batch_size=batch_size,
-                                    stats=stats)
+        if data_service:
+            from disentangled_ml.data import service
+
+            train_ds = service.distribute(
+                training_dataset(self.tracks, self.tables, self.splits["train"], service.service_config(config),
+                                 batch_size=batch_size, audio_dir=self.audio_dir, runtime_seeds=True),
+                data_service, job_name)
+        else:
+            train_ds = training_dataset(self.tracks, self.tables, self.splits["train"], config,
+                                        batch_size=batch_size, stats=stats, audio_dir=self.audio_dir)
         val_ds = eval_dataset(self.triplets["validation"], self.val_audio, config, batch_size)
         return train_ds, val_ds, -(-len(self.triplets["validation"]) // batch_size)
 
 
-def prepare_run(prepared_dir: str, run_dir: str, config: Optional[Config] = None) -> RunData:
-    """Resolve the config, split, measure mel statistics and write/read the fixed triplets of a run directory."""
+def prepare_run(prepared_dir: str, run_dir: str, config: Optional[Config] = None,
+                audio_dir: Optional[str] = None) -> RunData:
+    """Resolve the config, split, measure mel statistics and write/read the fixed triplets of a run directory.
+
+    ``audio_dir``: TFRecord audio shards (any tf.io.gfile path) for the training
+    pipeline; default ``PREPARED_DIR/audio`` when ``dml prepare --cache-audio`` wrote it.
+    """
     tracks = load_prepared(prepared_dir)
     os.makedirs(run_dir, exist_ok=True)
     config = resolve_config(run_dir, prepared_dir, config)
@@ -270,7 +345,11 @@ def prepare_run(prepared_dir: str, run_dir: str, config: Optional[Config] = None
     if not triplets["validation"]:
         raise ConfigError("the validation split cannot form any triplet; add tracks or raise data.split_fractions[1].")
     val_audio = load_split_audio(tracks, triplets["validation"], config)
-    return RunData(config, tracks, tables, splits, triplets, val_audio)
+    if audio_dir is None and os.path.isfile(os.path.join(prepared_dir, "audio", "index.json")):
+        audio_dir = os.path.join(prepared_dir, "audio")
+    if audio_dir is not None:
+        log.info("training audio from the TFRecord shards in %s", audio_dir)
+    return RunData(config, tracks, tables, splits, triplets, val_audio, audio_dir)
 
 
 def schedule_callbacks(config: Config, verbose: int = 1) -> List[keras.callbacks.Callback]:
@@ -284,38 +363,69 @@ def schedule_callbacks(config: Config, verbose: int = 1) -> List[keras.callbacks
     ]
 
 
-def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verbose: int = 1) -> Dict[str, object]:
-    """Train (or resume) a run. Returns the summary written to ``run.json``."""
+def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verbose: int = 1,
+          data_service: Optional[str] = None, audio_dir: Optional[str] = None) -> Dict[str, object]:
+    """Train (or resume) a run. Returns the summary written to ``run.json``.
+
+    ``data_service``: ``grpc://HOST:PORT`` of a tf.data service dispatcher that runs the
+    training pipeline (:mod:`disentangled_ml.data.service`). ``audio_dir``: audio shards
+    (:func:`prepare_run`). With TF_CONFIG naming more than one worker, the run goes to
+    :func:`disentangled_ml.distributed.train_distributed` (MultiWorkerMirroredStrategy).
+    """
     from disentangled_ml.models.embedding import add_frontend
     from disentangled_ml.models.trainer import build_triplet_model
+    from disentangled_ml import distributed
 
-    data = prepare_run(prepared_dir, run_dir, config)
+    if distributed.multi_worker_cluster() is not None:
+        return distributed.train_distributed(prepared_dir, run_dir, config, verbose=verbose,
+                                             data_service=data_service, audio_dir=audio_dir)
+    data = prepare_run(prepared_dir, run_dir, config, audio_dir=audio_dir)
     config, tracks, splits = data.config, data.tracks, data.splits
-    decode_stats = DecodeStats()
+    # Under the tf.data service the pipeline (and its counters) runs on the workers.
+    decode_stats = None if data_service else DecodeStats()
     strategy = tf.distribute.MirroredStrategy() if len(tf.config.list_logical_devices("GPU")) > 1 \
         else tf.distribute.get_strategy()
     batch = config.train.batch_size * strategy.num_replicas_in_sync
-    train_ds, val_ds, val_steps = data.datasets(batch, decode_stats)
+    job_name = None
+    if data_service:
+        from disentangled_ml.data.service import job_name_for
 
-    with strategy.scope():
-        model = build_triplet_model(config)
+        job_name = job_name_for(run_dir, config)
+    train_ds, val_ds, val_steps = data.datasets(batch, decode_stats, data_service=data_service, job_name=job_name)
 
+    # A run that finished (or stopped early) has no BackupAndRestore state left; rerunning it
+    # continues from its last checkpoint when train.epochs was raised, and trains nothing otherwise.
     ckpt_dir = os.path.join(run_dir, "checkpoints")
+    done = completed_epochs(run_dir)
+    finished = done > 0 and not os.path.isdir(os.path.join(run_dir, "backup")) \
+        and os.path.isfile(os.path.join(ckpt_dir, "last.keras"))
+    with strategy.scope():
+        model = keras.saving.load_model(os.path.join(ckpt_dir, "last.keras")) if finished \
+            else build_triplet_model(config)
+    initial_epoch = done if finished else 0
+    if finished and done >= config.train.epochs:
+        log.info("%s already trained %d of %d epochs; raise --epochs to continue it.", run_dir, done,
+                 config.train.epochs)
+
     os.makedirs(ckpt_dir, exist_ok=True)
-    # Loggers that add to the epoch logs (learning rate, decode counts) come before CSV/TensorBoard.
-    callbacks = [
-        _DecodeStatsLogger(decode_stats),
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
-        keras.callbacks.ModelCheckpoint(os.path.join(ckpt_dir, "last.keras")),
-        keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=MONITOR, mode="max",
-                                        save_best_only=True),
-    ] + schedule_callbacks(config, verbose) + [
+
+    lr_logger, *schedule = schedule_callbacks(config, verbose)
+    # Order matters at each epoch end: loggers that add to the logs (learning rate, decode
+    # counts) first, then the CSV/TensorBoard writers and checkpoints, the schedule, and the
+    # BackupAndRestore state last. A kill between two of them then repeats at most one epoch's
+    # history row instead of losing it; double_checkpoint keeps the previous backup in case the
+    # kill lands inside the backup write itself.
+    callbacks = [lr_logger] + ([_DecodeStatsLogger(decode_stats)] if decode_stats is not None else []) + [
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
+        _AtomicCheckpoints(os.path.join(ckpt_dir, "last.keras"), os.path.join(run_dir, "best.keras"),
+                           best=best_score(run_dir)),
+    ] + schedule + [
+        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"), double_checkpoint=True),
     ]
     history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=config.train.steps_per_epoch,
-                        validation_data=val_ds, validation_steps=val_steps,
-                        callbacks=callbacks, verbose=verbose)
+                        validation_data=val_ds, validation_steps=val_steps, initial_epoch=initial_epoch,
+                        callbacks=callbacks, verbose=verbose) if initial_epoch < config.train.epochs else None
 
     best_path = os.path.join(run_dir, "best.keras")
     if os.path.isfile(best_path):
@@ -328,15 +438,13 @@ def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verb
     projector_dir = write_validation_projector(run_dir, waveform_model, tracks, splits["validation"], config)
     plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "training_curves.png"))
 
-    with open(os.path.join(run_dir, "history.csv")) as f:
-        scores = [float(r[MONITOR]) for r in csv.DictReader(f) if r.get(MONITOR)]
     summary = {
         "prepared_dir": os.path.abspath(prepared_dir),
         "config_hash": config.hash(),
-        "epochs_this_call": len(history.history.get("loss", [])),
-        "epochs_total": len(scores),
-        "best_val_mean_acc": max(scores) if scores else None,
-        "decode": decode_stats.as_dict(),
+        "epochs_this_call": len(history.history.get("loss", [])) if history is not None else 0,
+        "epochs_total": completed_epochs(run_dir),
+        "best_val_mean_acc": best_score(run_dir),
+        "decode": decode_stats.as_dict() if decode_stats is not None else None,  # None: counted on service workers
         "tensorboard": os.path.join(run_dir, "tensorboard"),
         "projector": projector_dir,
     }

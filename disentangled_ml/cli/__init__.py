@@ -22,6 +22,11 @@ SUBCOMMANDS = {
     "prepare": "prepare",
     "train": "train",
     "evaluate": "evaluate",
+    "tune": "tune",
+    "export": "export",
+    "embed": "embed",
+    "similar": "similar",
+    "data-service": "data_service",
 }
 
 

@@ -24,6 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training steps (batches of triplets) per epoch (train.steps_per_epoch; default 500)")
     parser.add_argument("--batch-size", type=int, help="triplets per step (train.batch_size; default 32)")
     parser.add_argument("--quiet", action="store_true", help="no Keras progress bar")
+    parser.add_argument("--data-service", metavar="grpc://HOST:PORT",
+                        help="run the training input pipeline (decode, log-mel, mining) on the workers of this "
+                             "tf.data service dispatcher (`dml data-service`); validation stays here")
+    parser.add_argument("--audio-shards", metavar="DIR",
+                        help="read training audio from these TFRecord shards (`dml prepare --cache-audio` wrote "
+                             "them to PREPARED_DIR/audio, the default when present); any tf.io.gfile path, "
+                             "e.g. gs://bucket/prepared/audio")
 
 
 def parse_overrides(items, args=None):
@@ -69,7 +76,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     try:
-        summary = train(args.prepared_dir, args.out, cfg, verbose=0 if args.quiet else 1)
+        if args.data_service:
+            from disentangled_ml.data.service import service_address
+
+            service_address(args.data_service)  # a malformed address fails here, not in the middle of a run
+        summary = train(args.prepared_dir, args.out, cfg, verbose=0 if args.quiet else 1,
+                        data_service=args.data_service, audio_dir=args.audio_shards)
     except (ConfigError, ManifestError) as e:
         raise CliError(str(e)) from None
     print(json.dumps(summary, indent=2))

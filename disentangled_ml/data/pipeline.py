@@ -24,6 +24,7 @@ number of conditions) marks a track triplet.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Dict, Optional, Sequence
 
@@ -75,32 +76,135 @@ class DecodeStats:
                 "skipped": self.skipped}
 
 
+def read_audio_index(audio_dir: str) -> Dict:
+    """The ``index.json`` of the audio shards written by ``dml prepare --cache-audio``.
+
+    ``audio_dir`` may be any ``tf.io.gfile`` path (local, ``gs://``, ``hdfs://``, ...).
+    Raises :class:`ConfigError` when it is missing or not a shard index.
+    """
+    if "://" in audio_dir and not audio_dir.startswith(("gs://", "ram://", "file://")):
+        import tensorflow_io  # noqa: F401 - registers its filesystems (s3://, hdfs://, az://, ...)
+    path = audio_dir.rstrip("/") + "/index.json"
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(f"{audio_dir} holds no index.json; write the shards with "
+                          "`dml prepare MANIFEST --out DIR --cache-audio` and point at DIR/audio.")
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            index = json.load(f)
+        except ValueError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); rerun `dml prepare --cache-audio`.") from None
+    if index.get("format") != "tfrecord" or index.get("dtype") != "int16" or "shards" not in index:
+        raise ConfigError(f"{path} is not an int16 TFRecord audio index; rerun `dml prepare --cache-audio`.")
+    return index
+
+
+def _sharded_tracks(tracks: Sequence[Track], rows: Sequence[int], config: Config, stats: Optional[DecodeStats],
+                    audio_dir: str) -> Optional[tf.data.Dataset]:
+    """:func:`decoded_tracks` read from the TFRecord audio shards, or None when they do not fit this run."""
+    from disentangled_ml.data.prepare import audio_features
+
+    index = read_audio_index(audio_dir)
+    sr = config.frontend.sample_rate
+    if int(index.get("sample_rate", -1)) != sr:
+        log.warning("the audio shards in %s hold audio at %s Hz but frontend.sample_rate is %d Hz; "
+                    "decoding the original files instead (rerun `dml prepare --cache-audio` with this config).",
+                    audio_dir, index.get("sample_rate"), sr)
+        return None
+    wanted = {tracks[r].track_id: int(r) for r in rows}
+    files, starts, counts, record_rows, record_ids = [], [], [], [], []
+    for shard in index["shards"]:
+        ids = list(shard["track_ids"])
+        if not any(t in wanted for t in ids):
+            continue  # holds only tracks of other splits
+        files.append(audio_dir.rstrip("/") + "/" + shard["path"])
+        starts.append(len(record_rows))
+        counts.append(len(ids))
+        record_rows += [wanted.get(t, -1) for t in ids]
+        record_ids += ids
+    missing = sorted(set(wanted) - set(record_ids))
+    if missing:
+        log.warning("%d track(s) of this split are not in the audio shards of %s (e.g. %s): the shards are older "
+                    "than the manifest. Decoding the original files instead; rerun `dml prepare --cache-audio` to "
+                    "update them.", len(missing), audio_dir, missing[0])
+        return None
+
+    rec_rows = tf.constant(record_rows, tf.int32)
+    rec_ids = tf.constant(record_ids, tf.string)
+    features = audio_features()
+
+    def read_shard(path, first, count):
+        # Record k of the collection is record (k - first) of this shard; the index
+        # says which track it is, so other splits' tracks are dropped before parsing.
+        keys = tf.data.Dataset.range(first, first + count)
+        return tf.data.Dataset.zip((keys, tf.data.TFRecordDataset(path))).filter(
+            lambda k, rec: tf.gather(rec_rows, k) >= 0)
+
+    def parse(k, rec):
+        if stats is not None:
+            stats.attempted.assign_add(1)
+        ex = tf.io.parse_single_example(rec, features)
+        pcm = tf.io.decode_raw(ex["audio"], tf.int16, little_endian=True)
+        checks = [
+            tf.debugging.assert_equal(ex["track_id"], tf.gather(rec_ids, k),
+                                      message="audio shard record does not match index.json; rerun dml prepare"),
+            tf.debugging.assert_equal(tf.size(pcm, out_type=tf.int64), ex["num_samples"],
+                                      message="audio shard record is truncated; rerun dml prepare"),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.gather(rec_rows, k), tf.identity(pcm)
+
+    ds = tf.data.Dataset.from_tensor_slices((files, np.asarray(starts, np.int64), np.asarray(counts, np.int64)))
+    # Deterministic interleave with a fixed cycle: the record order (hence the stream
+    # for a seed) does not depend on the machine's core count.
+    ds = ds.interleave(read_shard, cycle_length=min(len(files), config.data.shard_cycle_length), block_length=1,
+                       num_parallel_calls=config.data.num_parallel_calls, deterministic=True)
+    ds = ds.map(parse, num_parallel_calls=config.data.num_parallel_calls, deterministic=True)
+    ds = ds.ignore_errors(log_warning=True)
+    return ds.map(_counter(stats)) if stats is not None else ds
+
+
+def _counter(stats: DecodeStats):
+    def count(row, pcm):
+        stats.decoded.assign_add(1)
+        return row, pcm
+
+    return count
+
+
 def decoded_tracks(tracks: Sequence[Track], rows: Sequence[int], config: Config,
-                   stats: Optional[DecodeStats] = None) -> tf.data.Dataset:
+                   stats: Optional[DecodeStats] = None, audio_dir: Optional[str] = None) -> tf.data.Dataset:
     """Dataset of ``(row int32, audio int16 [samples])`` for the tracks at ``rows``.
 
     Audio is mono at ``frontend.sample_rate``, stored as int16 so that a memory cache
     of the decoded collection costs 2 bytes a sample. A file that fails to decode is
     skipped with a warning (and counted in ``stats``); it never stops training.
+
+    With ``audio_dir`` (the ``audio/`` folder of ``dml prepare --cache-audio``, on any
+    ``tf.io.gfile`` filesystem), the audio is read from its TFRecord shards, records
+    interleaved over ``data.shard_cycle_length`` shards in a fixed order, instead of
+    decoding the original files; when the shards do not fit (another sample rate,
+    tracks missing) the files are decoded, with a warning. Without ``stats`` nothing
+    is counted (no TF variables are captured, e.g. for the tf.data service).
     """
+    if audio_dir is not None:
+        ds = _sharded_tracks(tracks, rows, config, stats, audio_dir)
+        if ds is not None:
+            return ds
     sub = [tracks[r] for r in rows]
     paths, fmt, rate = _track_columns(sub)
     sr = config.frontend.sample_rate
-    stats = stats or DecodeStats()
 
     def decode(row, path, fmt_index, file_rate):
-        stats.attempted.assign_add(1)
+        if stats is not None:
+            stats.attempted.assign_add(1)
         y = decode_audio_tf(tf.io.read_file(path), fmt_index, file_rate, sr)
         pcm = tf.cast(tf.round(tf.clip_by_value(y, -1.0, 1.0) * 32767.0), tf.int16)
         return row, pcm
 
-    def count(row, pcm):
-        stats.decoded.assign_add(1)
-        return row, pcm
-
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(rows, np.int32), paths, fmt, rate))
     ds = ds.map(decode, num_parallel_calls=config.data.num_parallel_calls, deterministic=True)
-    return ds.ignore_errors(log_warning=True).map(count)
+    ds = ds.ignore_errors(log_warning=True)
+    return ds.map(_counter(stats)) if stats is not None else ds
 
 
 def _excerpt(config: Config):
@@ -134,7 +238,8 @@ def check_pipeline_config(config: Config) -> None:
 def training_dataset(tracks: Sequence[Track], tables: LabelTables, rows: Sequence[int], config: Config,
                      batch_size: Optional[int] = None, seed: Optional[int] = None,
                      condition_probs: Optional[Sequence[float]] = None,
-                     stats: Optional[DecodeStats] = None) -> tf.data.Dataset:
+                     stats: Optional[DecodeStats] = None, audio_dir: Optional[str] = None,
+                     runtime_seeds: bool = False) -> tf.data.Dataset:
     """The infinite, deterministic (for a seed) stream of mined triplet batches.
 
     Args:
@@ -146,6 +251,13 @@ def training_dataset(tracks: Sequence[Track], tables: LabelTables, rows: Sequenc
         seed: overrides ``data.seed``.
         condition_probs: mix over conditions + track, default :func:`condition_mix`.
         stats: receives the decode counts (files skipped at train time).
+        audio_dir: read the decoded audio from these TFRecord shards
+            (:func:`decoded_tracks`) instead of decoding the files.
+        runtime_seeds: draw the shuffle, crop and mining seeds when an iterator
+            starts instead of from ``seed``, so every copy of the dataset streams
+            different triplets (tf.data service workers each run a copy of one
+            serialised graph). Not reproducible; leave TF's global seed unset, or
+            the copies draw the same seeds again.
     Returns:
         tf.data.Dataset of the element format in the module docstring, batches of
         exactly ``batch_size`` triplets.
@@ -168,18 +280,20 @@ def training_dataset(tracks: Sequence[Track], tables: LabelTables, rows: Sequenc
     seg = fe.num_frames
     frame_range = tf.range(seg)
 
-    ds = decoded_tracks(tracks, rows, config, stats)
+    ds = decoded_tracks(tracks, rows, config, stats, audio_dir=audio_dir)
     if config.data.cache == "memory":
         ds = ds.cache()
     elif config.data.cache != "none":
         tf.io.gfile.makedirs(config.data.cache)
         ds = ds.cache(config.data.cache.rstrip("/") + "/decoded")
-    ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed + 1).batch(2)))
+    # seed None: tf.data draws the op's seed when the iterator starts (runtime_seeds)
+    seeds = [None] * 3 if runtime_seeds else [seed, seed + 1, seed + 2]
+    ds = ds.shuffle(len(rows), seed=seeds[0], reshuffle_each_iteration=True).repeat()
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seeds[1]).batch(2)))
     ds = ds.map(lambda track, s: _excerpt(config)(track[0], track[1], s),
                 num_parallel_calls=autotune, deterministic=True)
     ds = ds.batch(pool, drop_remainder=True)
-    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed + 2).batch(2)))
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seeds[2]).batch(2)))
 
     def mine_pool(pool_el, s):
         row, pcm, frames = pool_el

@@ -1,0 +1,202 @@
+"""Multi-worker training: the custom tf.distribute loop under MirroredStrategy (two logical CPUs in one
+process) and MultiWorkerMirroredStrategy (two worker processes on 127.0.0.1), resuming, TF_CONFIG parsing."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from disentangled_ml.config import ConfigError
+from disentangled_ml.data.manifest import write_manifest
+from disentangled_ml.data.prepare import prepare_collection
+from disentangled_ml.distributed import multi_worker_cluster
+from test_pipeline import tiny_config, write_tracks
+
+# "plain" keeps graph tracing cheap: the loop, not the backbone, is under test.
+OVERRIDES = {"model.width": 4, "model.backbone": "plain", "train.steps_per_epoch": 3, "train.epochs": 2,
+             "data.eval_triplets_per_condition": 8, "data.split_fractions": [0.6, 0.2, 0.2]}
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    audio = root / "audio"
+    audio.mkdir()
+    tracks = write_tracks(str(audio), n=20, seconds=3.0)
+    for t in tracks:
+        t.info = {}
+    write_manifest(tracks, str(root / "manifest.csv"))
+    cfg = tiny_config(**OVERRIDES)
+    # with audio shards, so the workers read the TFRecord source
+    prepare_collection(str(root / "manifest.csv"), str(root / "prepared"), cfg, jobs=0, estimate_tempo=False,
+                       progress=False, cache_audio=True, shards=2)
+    cfg_path = str(root / "config.json")
+    cfg.to_json(cfg_path)
+    return str(root / "prepared"), cfg_path, cfg
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=TESTS_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+# Saves the weights at train begin and end (after early stopping restored its best ones).
+WEIGHT_SAVER = textwrap.dedent("""
+    import keras, numpy as np
+
+    class SaveWeights(keras.callbacks.Callback):
+        def __init__(self, path):
+            super().__init__()
+            self.path = path
+
+        def on_train_begin(self, logs=None):
+            self.initial = [np.array(w) for w in self.model.get_weights()]
+
+        def on_train_end(self, logs=None):
+            np.savez(self.path, *self.model.get_weights())
+            np.savez(self.path.replace(".npz", "_initial.npz"), *self.initial)
+""")
+
+
+def test_mirrored_two_replicas_trains_and_resumes(prepared, tmp_path):
+    prepared_dir, cfg_path, cfg = prepared
+    run = str(tmp_path / "run")
+    script = WEIGHT_SAVER + textwrap.dedent(f"""
+        import json, sys
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from disentangled_ml.config import Config
+        from disentangled_ml.distributed import train_distributed
+        cfg = Config.from_json({cfg_path!r})
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+        class StopAfterOneEpoch(keras.callbacks.Callback):  # an interrupted run, as far as the loop can tell
+            def on_epoch_end(self, epoch, logs=None):
+                self.model.stop_training = True
+
+        # the first call stops after epoch 1 of 2; the second resumes from its checkpoint
+        first = train_distributed({prepared_dir!r}, {run!r}, cfg, verbose=0, strategy=strategy,
+                                  callbacks=[StopAfterOneEpoch(), SaveWeights({str(tmp_path / "first.npz")!r})])
+        second = train_distributed({prepared_dir!r}, {run!r}, cfg, verbose=0, strategy=strategy,
+                                   callbacks=[SaveWeights({str(tmp_path / "second.npz")!r})])
+        print("SUMMARY", json.dumps([first, second]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-4000:]
+    first, second = json.loads(out.stdout.split("SUMMARY", 1)[1])
+    assert first["replicas"] == 2 and first["epochs_this_call"] == 1
+    assert second["epochs_this_call"] == 1 and second["epochs_total"] == 2  # resumed, did not redo epoch 1
+    with open(os.path.join(run, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    for r in rows:
+        for key in ("loss", "val_loss", "mean_acc", "val_mean_acc", "learning_rate", "acc_track"):
+            assert np.isfinite(float(r[key])), (key, r[key])
+    assert float(rows[0]["loss"]) > 0
+    for name in ("best.keras", "embedding.keras", "masks.npy", "run.json", "checkpoints/last.keras"):
+        assert os.path.isfile(os.path.join(run, name)), name
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(run, "tensorboard", "validation")))
+    # the second call started from the first one's end state, and trained on
+    w1 = np.load(tmp_path / "first.npz")
+    init2 = np.load(tmp_path / "second_initial.npz")
+    w2 = np.load(tmp_path / "second.npz")
+    init1 = np.load(tmp_path / "first_initial.npz")
+    assert any(not np.array_equal(w1[k], init1[k]) for k in w1.files)
+    assert any(not np.array_equal(w2[k], init2[k]) for k in w2.files)
+    for k in w1.files:  # restored from the checkpoint of epoch 1
+        np.testing.assert_array_equal(init2[k], w1[k])
+
+
+def test_two_worker_processes_on_loopback_train_the_same_weights(prepared, tmp_path):
+    prepared_dir, cfg_path, cfg = prepared
+    run = str(tmp_path / "run")
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    script = WEIGHT_SAVER + textwrap.dedent(f"""
+        import json, os, sys
+        from disentangled_ml.config import Config
+        from disentangled_ml.distributed import train_distributed
+        index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+        path = os.path.join({str(tmp_path)!r}, f"worker{{index}}.npz")
+        summary = train_distributed({prepared_dir!r}, {run!r}, Config.from_json({cfg_path!r}), verbose=0,
+                                    callbacks=[SaveWeights(path)])
+        print("SUMMARY", json.dumps(summary))
+    """)
+    procs = []
+    logs = []
+    try:
+        for i in range(2):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            log = open(tmp_path / f"worker{i}.log", "w+")
+            logs.append(log)
+            procs.append(subprocess.Popen([sys.executable, "-c", script], env=_env(TF_CONFIG=tf_config),
+                                          stdout=log, stderr=subprocess.STDOUT, text=True))
+        deadline = time.time() + 240
+        while time.time() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        outputs = []
+        for log in logs:
+            log.seek(0)
+            outputs.append(log.read())
+        for p, text in zip(procs, outputs):
+            assert p.poll() is not None, "a worker did not finish in time:\n" + text[-3000:]
+            assert p.returncode == 0, text[-4000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+
+    chief = json.loads(outputs[0].split("SUMMARY", 1)[1].splitlines()[0])
+    other = json.loads(outputs[1].split("SUMMARY", 1)[1].splitlines()[0])
+    assert chief["workers"] == 2 and chief["replicas"] == 2 and chief["epochs_this_call"] == 2
+    assert chief["chief"] and not other["chief"] and "config_hash" not in other  # only the chief writes the run
+    assert os.path.isfile(os.path.join(run, "run.json")) and os.path.isfile(os.path.join(run, "best.keras"))
+    w0, w1 = np.load(tmp_path / "worker0.npz"), np.load(tmp_path / "worker1.npz")
+    init = np.load(tmp_path / "worker0_initial.npz")
+    assert w0.files == w1.files
+    for k in w0.files:  # every weight, batch-norm moving statistics included
+        np.testing.assert_allclose(w0[k], w1[k], rtol=0, atol=1e-6)
+    assert any(not np.allclose(w0[k], init[k]) for k in w0.files)
+    with open(os.path.join(run, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_tf_config_parsing():
+    one = json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}})
+    assert multi_worker_cluster(one) is None  # a single worker trains with fit
+    assert multi_worker_cluster("") is None
+    two = {"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
+    assert multi_worker_cluster(json.dumps(two))["task"]["type"] == "worker"
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        multi_worker_cluster("{cluster")
+    with pytest.raises(ConfigError, match="task"):
+        multi_worker_cluster(json.dumps({**two, "task": {"type": "worker", "index": 5}}))
+    with pytest.raises(ConfigError, match="parameter servers"):
+        multi_worker_cluster(json.dumps({"cluster": {"worker": ["a:1", "b:2"], "ps": ["c:3"]},
+                                         "task": {"type": "worker", "index": 0}}))
