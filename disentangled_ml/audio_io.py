@@ -15,6 +15,7 @@ Two entry points:
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -26,6 +27,11 @@ SUPPORTED_EXTENSIONS: Tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")
 # Decoder codes understood by decode_audio_tf, chosen by prepare from the file's
 # container and sample type. The order is part of the prepared-manifest format.
 FORMAT_CODES: Tuple[str, ...] = ("wav:int16", "wav:int32", "wav:float32", "flac:int16", "flac:int32", "ogg", "mp3")
+
+
+# tensorflow-io's AudioIOTensor is not safe to construct from several threads at once:
+# seen here, a 16-bit FLAC probed concurrently from a thread pool came back as float32.
+_PROBE_LOCK = threading.Lock()
 
 
 class AudioDecodeError(RuntimeError):
@@ -79,10 +85,11 @@ def probe_audio(path: str) -> AudioInfo:
     if not os.path.isfile(path):
         raise AudioDecodeError(f"{path}: file not found; check the manifest's path column.")
     try:
-        t = _tfio().audio.AudioIOTensor(path)
-        num_frames, channels = (int(v) for v in t.shape.numpy())
-        rate = int(t.rate.numpy())
-        dtype = t.dtype.name
+        with _PROBE_LOCK:
+            t = _tfio().audio.AudioIOTensor(path)
+            num_frames, channels = (int(v) for v in t.shape.numpy())
+            rate = int(t.rate.numpy())
+            dtype = t.dtype.name
     except Exception as e:  # tensorflow-io raises several error types for bad data
         raise AudioDecodeError(f"{path}: cannot be decoded ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
     if ext in (".ogg", ".mp3"):
