@@ -15,11 +15,10 @@ import tensorflow as tf
 from disentangled_ml.config import ConfigError
 from disentangled_ml.data import service
 from disentangled_ml.data.labels import LabelTables
-from disentangled_ml.data.manifest import read_manifest, write_manifest
+from disentangled_ml.data.manifest import read_manifest
 from disentangled_ml.data.pipeline import DecodeStats, decoded_tracks, training_dataset
-from disentangled_ml.data.prepare import prepare_collection
 from disentangled_ml.training import train
-from test_pipeline import tiny_config, write_tracks
+from collections_for_tests import make_prepared, tiny_config
 
 OVERRIDES = {"model.width": 4, "model.backbone": "plain", "train.steps_per_epoch": 3, "train.epochs": 1,
              "data.eval_triplets_per_condition": 8, "data.split_fractions": [0.6, 0.2, 0.2]}
@@ -27,17 +26,8 @@ OVERRIDES = {"model.width": 4, "model.backbone": "plain", "train.steps_per_epoch
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("service")
-    audio = root / "audio"
-    audio.mkdir()
-    tracks = write_tracks(str(audio), n=20, seconds=3.0)
-    for t in tracks:
-        t.info = {}
-    write_manifest(tracks, str(root / "manifest.csv"))
-    cfg = tiny_config(**OVERRIDES)
-    prepare_collection(str(root / "manifest.csv"), str(root / "prepared"), cfg, jobs=0, estimate_tempo=False,
-                       progress=False, cache_audio=True, shards=3)
-    return str(root / "prepared"), cfg
+    prepared_dir, cfg, _ = make_prepared(tmp_path_factory.mktemp("service"), OVERRIDES, cache_audio=True, shards=3)
+    return prepared_dir, cfg
 
 
 def _copy_tree(src, dst):

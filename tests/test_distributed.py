@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 
 from disentangled_ml.config import ConfigError
-from disentangled_ml.data.manifest import write_manifest
-from disentangled_ml.data.prepare import prepare_collection
 from disentangled_ml.distributed import multi_worker_cluster
-from test_pipeline import tiny_config, write_tracks
+from collections_for_tests import make_prepared
 
 # "plain" keeps graph tracing cheap: the loop, not the backbone, is under test.
 OVERRIDES = {"model.width": 4, "model.backbone": "plain", "train.steps_per_epoch": 3, "train.epochs": 2,
@@ -27,20 +25,10 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distributed")
-    audio = root / "audio"
-    audio.mkdir()
-    tracks = write_tracks(str(audio), n=20, seconds=3.0)
-    for t in tracks:
-        t.info = {}
-    write_manifest(tracks, str(root / "manifest.csv"))
-    cfg = tiny_config(**OVERRIDES)
     # with audio shards, so the workers read the TFRecord source
-    prepare_collection(str(root / "manifest.csv"), str(root / "prepared"), cfg, jobs=0, estimate_tempo=False,
-                       progress=False, cache_audio=True, shards=2)
-    cfg_path = str(root / "config.json")
-    cfg.to_json(cfg_path)
-    return str(root / "prepared"), cfg_path, cfg
+    prepared_dir, cfg, cfg_path = make_prepared(tmp_path_factory.mktemp("distributed"), OVERRIDES, cache_audio=True,
+                                                shards=2)
+    return prepared_dir, cfg_path, cfg
 
 
 def _free_ports(n):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from disentangled_ml.data.manifest import write_manifest
-from test_pipeline import tiny_config, write_tracks
+from collections_for_tests import tiny_config, write_tracks
 
 CONDITIONS = ("genre", "mood", "instrument", "tempo")
 
@@ -165,7 +165,7 @@ def test_tflite_runs_with_litert_alone(exported, tmp_path):
     """A client with only numpy + ai-edge-litert reproduces the Keras embeddings."""
     import keras
 
-    import disentangled_ml.models  # noqa: F401
+    import disentangled_ml.models  # noqa: F401  (registers the custom layers before load_model)
 
     run, out, _, _ = exported
     model = keras.saving.load_model(os.path.join(run, "embedding.keras"))

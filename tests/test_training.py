@@ -11,10 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from disentangled_ml.data.manifest import write_manifest
-from disentangled_ml.data.prepare import prepare_collection
 from disentangled_ml.training import train
-from test_pipeline import tiny_config, write_tracks
+from collections_for_tests import make_prepared
 
 TRAIN_OVERRIDES = {"model.width": 4, "train.steps_per_epoch": 3, "train.epochs": 2,
                    "data.eval_triplets_per_condition": 8, "data.split_fractions": [0.6, 0.2, 0.2]}
@@ -22,17 +20,8 @@ TRAIN_OVERRIDES = {"model.width": 4, "train.steps_per_epoch": 3, "train.epochs":
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    audio = root / "audio"
-    audio.mkdir()
-    tracks = write_tracks(str(audio), n=20, seconds=3.0)
-    for t in tracks:
-        t.info = {}
-    write_manifest(tracks, str(root / "manifest.csv"))
-    cfg = tiny_config(**TRAIN_OVERRIDES)
-    prepare_collection(str(root / "manifest.csv"), str(root / "prepared"), cfg, jobs=1, estimate_tempo=False,
-                       progress=False)
-    return str(root / "prepared"), cfg
+    prepared_dir, cfg, _ = make_prepared(tmp_path_factory.mktemp("train"), TRAIN_OVERRIDES)
+    return prepared_dir, cfg
 
 
 def test_train_writes_run_and_projector(prepared, tmp_path):

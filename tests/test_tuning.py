@@ -16,12 +16,10 @@ import tensorflow as tf
 
 from disentangled_ml.cli import main as dml_main
 from disentangled_ml.config import Config, ConfigError
-from disentangled_ml.data.manifest import write_manifest
-from disentangled_ml.data.prepare import prepare_collection
 from disentangled_ml.tuning.hypermodel import (DisentangledHyperModel, ObjectiveLogger, SearchSpace,
                                                objective_metric, parse_objective)
 from disentangled_ml.tuning.search import PROJECT_NAME, format_table, make_tuner, run_search, summarize
-from test_pipeline import tiny_config, write_tracks
+from collections_for_tests import make_prepared, tiny_config
 
 # The plain backbone at width 4 traces and trains in a few seconds: the tests are about
 # the search machinery, not the model.
@@ -32,19 +30,7 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tune")
-    audio = root / "audio"
-    audio.mkdir()
-    tracks = write_tracks(str(audio), n=20, seconds=3.0)
-    for t in tracks:
-        t.info = {}
-    write_manifest(tracks, str(root / "manifest.csv"))
-    cfg = tiny_config(**TUNE_OVERRIDES)
-    prepare_collection(str(root / "manifest.csv"), str(root / "prepared"), cfg, jobs=0, estimate_tempo=False,
-                       progress=False)
-    cfg_path = str(root / "base.json")
-    cfg.to_json(cfg_path)
-    return str(root / "prepared"), cfg, cfg_path
+    return make_prepared(tmp_path_factory.mktemp("tune"), TUNE_OVERRIDES)
 
 
 def _trials(tune_dir):
