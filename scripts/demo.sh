@@ -30,7 +30,7 @@ PY
 echo "== 3/7 train (a short run; see README for full-size settings)"
 "$DML" train "$OUT/prepared" --out "$OUT/run" \
   --set model.width=16 --set data.eval_triplets_per_condition=100 \
-  --epochs "${DEMO_EPOCHS:-4}" --steps-per-epoch "${DEMO_STEPS:-40}"
+  --epochs "${DEMO_EPOCHS:-6}" --steps-per-epoch "${DEMO_STEPS:-50}"
 echo "== 4/7 evaluate on the test split, against the MFCC-VQ, MFCC and untrained baselines"
 "$DML" evaluate "$OUT/run" --prepared "$OUT/prepared"
 echo "== 5/7 export: SavedModel + TFLite (float32, fp16, int8) with the mel frontend inside, parity checked"
