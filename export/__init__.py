@@ -229,6 +229,8 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
                       "float_node_pattern": sm.frontend_node_pattern(run.frontend_layer_name)}
         if v.name == "int8_full" and float_content is not None:
             kwargs["float_model"] = float_content
+        if v.name == "int8":
+            kwargs["mel_weight_shape"] = (fe.n_mels, fe.n_fft // 2 + 1)
         try:
             result = tfl.convert_variant(tflite_source, v.name, **kwargs)
             if v.name == "float32" and not tfl.outputs_finite(result["content"], fe.segment_samples):

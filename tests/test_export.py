@@ -161,6 +161,33 @@ def test_int8_full_keeps_the_frontend_float(exported):
     assert not float_ops["int8"]
 
 
+def test_dynamic_int8_runs_the_mel_filterbank_in_float(exported):
+    """model_int8.tflite keeps the mel weights int8 but dequantises them: the power spectrum is never
+    quantised on the fly (that costs ~1e-2 in the embedding), and the result tracks float32 closely."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    _, out, cfg, _ = exported
+    fe = cfg.frontend
+    model = flatbuffer_utils.read_model(os.path.join(out, "model_int8.tflite"))
+    sg = model.subgraphs[0]
+    code = lambda op: max(model.operatorCodes[op.opcodeIndex].builtinCode,  # noqa: E731
+                          model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+    producer = {int(o): op for op in sg.operators for o in op.outputs}
+    mel_fc = [op for op in sg.operators if code(op) == schema.BuiltinOperator.FULLY_CONNECTED
+              and list(sg.tensors[op.inputs[1]].shape) == [fe.n_mels, fe.n_fft // 2 + 1]]
+    assert len(mel_fc) == 1
+    weights = sg.tensors[mel_fc[0].inputs[1]]
+    assert weights.type == schema.TensorType.FLOAT32
+    deq = producer[int(mel_fc[0].inputs[1])]
+    assert code(deq) == schema.BuiltinOperator.DEQUANTIZE
+    assert sg.tensors[deq.inputs[0]].type == schema.TensorType.INT8  # stored as int8: the file stays small
+    # the other FULLY_CONNECTED / conv weights are still int8 (dynamic range)
+    others = [op for op in sg.operators if code(op) in (schema.BuiltinOperator.FULLY_CONNECTED,
+                                                         schema.BuiltinOperator.CONV_2D) and op is not mel_fc[0]]
+    assert any(sg.tensors[op.inputs[1]].type == schema.TensorType.INT8 for op in others)
+
+
 def test_tflite_runs_with_litert_alone(exported, tmp_path):
     """A client with only numpy + ai-edge-litert reproduces the Keras embeddings."""
     import keras
