@@ -10,19 +10,25 @@ from disentangled_ml.cli import CliError
 HELP = "train on a prepared collection; rerun the same command to resume"
 
 
+def add_config_arguments(parser: argparse.ArgumentParser, config_help: str,
+                         epochs_help: str = "maximum epochs (train.epochs; default from the config: 100)") -> None:
+    """--config, --set, --epochs, --steps-per-epoch and --batch-size, read back by :func:`load_config`."""
+    parser.add_argument("--config", metavar="CONFIG_JSON", help=config_help)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, e.g. --set loss.margin=0.2 --set model.backbone=resnet "
+                             "(repeatable; VALUE is parsed as JSON when it can be)")
+    parser.add_argument("--epochs", type=int, help=epochs_help)
+    parser.add_argument("--steps-per-epoch", type=int,
+                        help="training steps (batches of triplets) per epoch (train.steps_per_epoch; default 500)")
+    parser.add_argument("--batch-size", type=int, help="triplets per step (train.batch_size; default 32)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prepared_dir", metavar="PREPARED_DIR", help="directory written by `dml prepare`")
     parser.add_argument("--out", required=True, metavar="RUN_DIR",
                         help="run directory (checkpoints, TensorBoard logs, config); an existing run there is resumed")
-    parser.add_argument("--config", metavar="CONFIG_JSON",
-                        help="a config.json (e.g. from `dml tune` or an earlier run); default: PREPARED_DIR/config.json")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value, e.g. --set loss.margin=0.2 --set model.backbone=resnet "
-                             "(repeatable; VALUE is parsed as JSON when it can be)")
-    parser.add_argument("--epochs", type=int, help="maximum epochs (train.epochs; default from the config: 100)")
-    parser.add_argument("--steps-per-epoch", type=int,
-                        help="training steps (batches of triplets) per epoch (train.steps_per_epoch; default 500)")
-    parser.add_argument("--batch-size", type=int, help="triplets per step (train.batch_size; default 32)")
+    add_config_arguments(parser, "a config.json (e.g. from `dml tune` or an earlier run); "
+                                 "default: PREPARED_DIR/config.json")
     parser.add_argument("--quiet", action="store_true", help="no Keras progress bar")
     parser.add_argument("--data-service", metavar="grpc://HOST:PORT",
                         help="run the training input pipeline (decode, log-mel, mining) on the workers of this "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 from disentangled_ml.cli import CliError
+from disentangled_ml.cli.train import add_config_arguments
 
 HELP = "hyperparameter search over lambda, margin and learning rate (resumable, distributable)"
 
@@ -38,12 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-trials", type=int, default=None, metavar="N",
                         help="trials in total, counting those of an interrupted run (random and bayesian; "
                              "default 10; not with hyperband)")
-    parser.add_argument("--epochs", type=int,
-                        help="epochs per trial (train.epochs; default from the config: 100); early stopping "
-                             "on val_mean_acc may end a trial sooner")
-    parser.add_argument("--steps-per-epoch", type=int,
-                        help="training steps (batches of triplets) per epoch (train.steps_per_epoch; default 500)")
-    parser.add_argument("--batch-size", type=int, help="triplets per step (train.batch_size; default 32)")
+    add_config_arguments(parser, "base config.json for everything not searched; default: PREPARED_DIR/config.json",
+                         epochs_help="epochs per trial (train.epochs; default from the config: 100); early "
+                                     "stopping on val_mean_acc may end a trial sooner")
     parser.add_argument("--lambda-range", nargs=2, type=float, default=[0.01, 1.0], metavar=("MIN", "MAX"),
                         help="smallest and largest non-zero lambda (loss.track_weight, dimensionless, > 0); "
                              "tried on a log-spaced grid of --lambda-points values, plus 0")
@@ -66,11 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "weights 'genre=0.5,mood=0.5' (weighted mean of those accuracies)")
     parser.add_argument("--seed", type=int, default=1,
                         help="oracle seed (>= 1): the same seed draws the same hyperparameters")
-    parser.add_argument("--config", metavar="CONFIG_JSON",
-                        help="base config.json for everything not searched; default: PREPARED_DIR/config.json")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one base config value, e.g. --set model.backbone=plain (repeatable; "
-                             "VALUE is parsed as JSON when it can be)")
     role = parser.add_mutually_exclusive_group()
     role.add_argument("--chief", action="store_true",
                       help="distributed search: serve the oracle at --oracle-ip:--oracle-port; trains nothing and "
