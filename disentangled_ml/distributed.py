@@ -448,7 +448,7 @@ def _finish_run(prepared_dir: str, run_dir: str, config: Config, data, history: 
     waveform_model = add_frontend(config, model.embedding_model)
     waveform_model.save(os.path.join(run_dir, "embedding.keras"))
     projector_dir = training.write_validation_projector(run_dir, waveform_model, data.tracks,
-                                                        data.splits["validation"], config)
+                                                        data.splits["validation"], config, decoded=data.val_audio)
     history_csv = os.path.join(run_dir, "history.csv")
     training.plot_history(history_csv, os.path.join(run_dir, "training_curves.png"))
     with open(history_csv) as f:

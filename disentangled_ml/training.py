@@ -241,8 +241,13 @@ def plot_history(history_csv: str, out_png: str) -> None:
 
 
 def write_validation_projector(run_dir: str, embedding_model: keras.Model, tracks: Sequence[Track],
-                               rows: Sequence[int], config: Config, segments_per_track: int = 4) -> str:
-    """Projector run over validation segments: whole embedding and every condition slice."""
+                               rows: Sequence[int], config: Config, segments_per_track: int = 4,
+                               decoded: Optional[Dict[str, np.ndarray]] = None) -> str:
+    """Projector run over validation segments: whole embedding and every condition slice.
+
+    ``decoded``: {track_id: waveform} already in memory (the validation triplets' audio),
+    so those tracks are not decoded a second time.
+    """
     from disentangled_ml.audio_io import AudioDecodeError, load_audio
     from disentangled_ml.projector import write_projector
 
@@ -252,7 +257,7 @@ def write_validation_projector(run_dir: str, embedding_model: keras.Model, track
     for r in rows:
         t = tracks[r]
         try:
-            y = load_audio(t.path, fe.sample_rate)
+            y = decoded[t.track_id] if decoded and t.track_id in decoded else load_audio(t.path, fe.sample_rate)
         except AudioDecodeError as e:
             log.warning("projector: %s", e)
             continue
@@ -435,7 +440,8 @@ def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verb
     np.save(os.path.join(run_dir, "masks.npy"), keras.ops.convert_to_numpy(model.condition_masks.mask_matrix()))
     waveform_model = add_frontend(config, model.embedding_model)
     waveform_model.save(os.path.join(run_dir, "embedding.keras"))
-    projector_dir = write_validation_projector(run_dir, waveform_model, tracks, splits["validation"], config)
+    projector_dir = write_validation_projector(run_dir, waveform_model, tracks, splits["validation"], config,
+                                               decoded=data.val_audio)
     plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "training_curves.png"))
 
     summary = {
