@@ -48,16 +48,14 @@ def _untrained_run(work: str) -> str:
     import keras
 
     from disentangled_ml.config import Config
-    from disentangled_ml.models import add_frontend, build_triplet_model
+    from disentangled_ml.models import build_triplet_model
+    from disentangled_ml.training import save_run_model
 
     cfg = Config()
     run = os.path.join(work, "untrained_run")
     os.makedirs(run)
-    cfg.to_json(os.path.join(run, "config.json"))
     keras.utils.set_random_seed(0)
-    model = build_triplet_model(cfg)
-    add_frontend(cfg, model.embedding_model).save(os.path.join(run, "embedding.keras"))
-    np.save(os.path.join(run, "masks.npy"), keras.ops.convert_to_numpy(model.condition_masks.mask_matrix()))
+    save_run_model(run, cfg, build_triplet_model(cfg))
     return run
 
 

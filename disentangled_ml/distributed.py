@@ -438,15 +438,12 @@ def _finish_run(prepared_dir: str, run_dir: str, config: Config, data, history: 
                 decode_stats, summary: Dict[str, object]) -> Dict[str, object]:
     """The chief's epilogue, as :func:`disentangled_ml.training.train` ends a run."""
     from disentangled_ml import training
-    from disentangled_ml.models.embedding import add_frontend
 
     best_path = os.path.join(run_dir, "best.keras")
     model = keras.saving.load_model(best_path) if os.path.isfile(best_path) else None
     if model is None:
         model = keras.saving.load_model(os.path.join(run_dir, "checkpoints", "last.keras"))
-    np.save(os.path.join(run_dir, "masks.npy"), keras.ops.convert_to_numpy(model.condition_masks.mask_matrix()))
-    waveform_model = add_frontend(config, model.embedding_model)
-    waveform_model.save(os.path.join(run_dir, "embedding.keras"))
+    waveform_model = training.save_run_model(run_dir, config, model)
     projector_dir = training.write_validation_projector(run_dir, waveform_model, data.tracks,
                                                         data.splits["validation"], config, decoded=data.val_audio)
     history_csv = os.path.join(run_dir, "history.csv")

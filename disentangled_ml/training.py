@@ -208,6 +208,24 @@ def best_score(run_dir: str) -> Optional[float]:
     return max(scores) if scores else None
 
 
+def save_run_model(run_dir: str, config: Config, model) -> keras.Model:
+    """Write the model files of a run directory: config.json, embedding.keras (waveform input) and masks.npy.
+
+    Returns the waveform-input model. ``model`` is a TripletModel; these three files are all that evaluation and export read
+    of the model, so a hand-made or untrained run (tests, benchmarks) uses this too.
+    """
+    from disentangled_ml.models.embedding import add_frontend
+
+    os.makedirs(run_dir, exist_ok=True)
+    config.to_json(os.path.join(run_dir, "config.json"))
+    # The mask matrix [C + 1, D] (fixed slices, learned CSN masks or all ones): evaluation and
+    # search need it for learned masks, whose sub-spaces are not contiguous slices.
+    np.save(os.path.join(run_dir, "masks.npy"), keras.ops.convert_to_numpy(model.condition_masks.mask_matrix()))
+    waveform_model = add_frontend(config, model.embedding_model)
+    waveform_model.save(os.path.join(run_dir, "embedding.keras"))
+    return waveform_model
+
+
 def plot_history(history_csv: str, out_png: str) -> None:
     """Training curves: loss, and triplet accuracy per condition (train dashed, validation solid)."""
     import matplotlib
@@ -377,7 +395,6 @@ def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verb
     (:func:`prepare_run`). With TF_CONFIG naming more than one worker, the run goes to
     :func:`disentangled_ml.distributed.train_distributed` (MultiWorkerMirroredStrategy).
     """
-    from disentangled_ml.models.embedding import add_frontend
     from disentangled_ml.models.trainer import build_triplet_model
     from disentangled_ml import distributed
 
@@ -435,11 +452,7 @@ def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verb
     best_path = os.path.join(run_dir, "best.keras")
     if os.path.isfile(best_path):
         model = keras.saving.load_model(best_path)
-    # The mask matrix [C + 1, D] (fixed slices, learned CSN masks or all ones): evaluation and
-    # search need it for learned masks, whose sub-spaces are not contiguous slices.
-    np.save(os.path.join(run_dir, "masks.npy"), keras.ops.convert_to_numpy(model.condition_masks.mask_matrix()))
-    waveform_model = add_frontend(config, model.embedding_model)
-    waveform_model.save(os.path.join(run_dir, "embedding.keras"))
+    waveform_model = save_run_model(run_dir, config, model)
     projector_dir = write_validation_projector(run_dir, waveform_model, tracks, splits["validation"], config,
                                                decoded=data.val_audio)
     plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "training_curves.png"))

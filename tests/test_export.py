@@ -22,17 +22,15 @@ def make_run(root, mask_mode="fixed", with_audio=True):
     test_triplets.csv and run.json."""
     import keras
 
-    from disentangled_ml.models import add_frontend, build_triplet_model
+    from disentangled_ml.models import build_triplet_model
+    from disentangled_ml.training import save_run_model
 
     cfg = tiny_config(**{"model.width": 8, "model.mask_mode": mask_mode, "frontend.norm_mean": 0.3,
                          "frontend.norm_std": 0.7})
     run = os.path.join(root, "run")
     os.makedirs(run)
-    cfg.to_json(os.path.join(run, "config.json"))
     keras.utils.set_random_seed(0)
-    model = build_triplet_model(cfg)
-    add_frontend(cfg, model.embedding_model).save(os.path.join(run, "embedding.keras"))
-    np.save(os.path.join(run, "masks.npy"), keras.ops.convert_to_numpy(model.condition_masks.mask_matrix()))
+    save_run_model(run, cfg, build_triplet_model(cfg))
     if with_audio:
         prepared = os.path.join(root, "prepared")
         os.makedirs(os.path.join(prepared, "audio"))
