@@ -27,6 +27,10 @@ class ConfigError(ValueError):
     """A configuration value is out of range or inconsistent; the message names it."""
 
 
+#: Values of ``data.mining`` (see :mod:`disentangled_ml.losses`).
+MINING_MODES = ("random", "batch_hard", "semi_hard", "in_batch_all", "in_batch_hard")
+
+
 def _check(cond: bool, name: str, value: Any, expected: str) -> None:
     if not cond:
         raise ConfigError(f"config value {name}={value!r} is invalid: expected {expected}.")
@@ -133,7 +137,10 @@ class DataConfig:
     track_triplet_ratio: float = 0.2  # share of track (regularisation) triplets in the mix.
     class_balanced: bool = True  # draw the anchor's class uniformly, not by its frequency.
     max_track_overlap: float = 0.5  # track triplets: anchor/positive crops overlap at most this.
-    mining: str = "random"  # "random" (the paper), "batch_hard" or "semi_hard" (in-batch, online).
+    # "random": the sampled triplets (the paper); "batch_hard" / "semi_hard": a selection of them;
+    # "in_batch_all" / "in_batch_hard": every triplet the labels allow among all crops of a batch
+    # (see disentangled_ml.losses).
+    mining: str = "random"
     eval_triplets_per_condition: int = 500  # fixed validation/test triplet sets, per condition.
     num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
     cache: str = "memory"  # decoded-audio cache: "memory", "none", or a directory for tf.data's file cache.
@@ -155,8 +162,8 @@ class DataConfig:
         _check(self.triplets_per_track >= 1, "data.triplets_per_track", self.triplets_per_track, ">= 1")
         _check(0 <= self.track_triplet_ratio <= 1, "data.track_triplet_ratio", self.track_triplet_ratio, "in [0, 1]")
         _check(0 <= self.max_track_overlap < 1, "data.max_track_overlap", self.max_track_overlap, "in [0, 1)")
-        _check(self.mining in ("random", "batch_hard", "semi_hard"), "data.mining", self.mining,
-               "'random', 'batch_hard' or 'semi_hard'")
+        _check(self.mining in MINING_MODES, "data.mining", self.mining,
+               "one of " + ", ".join(repr(m) for m in MINING_MODES))
         _check(self.eval_triplets_per_condition >= 1, "data.eval_triplets_per_condition",
                self.eval_triplets_per_condition, ">= 1")
         _check(self.num_parallel_calls == -1 or self.num_parallel_calls >= 1, "data.num_parallel_calls",

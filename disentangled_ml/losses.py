@@ -29,6 +29,26 @@ as one) of the batch, during training only (evaluation always scores every tripl
 * ``"semi_hard"`` (FaceNet): only triplets with ``d(a,p) < d(a,n) < d(a,p) + margin``
   count; a condition with none of those in the batch falls back to its triplets with
   non-zero loss.
+
+In-batch mining (``"in_batch_all"``, ``"in_batch_hard"``)
+---------------------------------------------------------
+The training pipeline also sends what is known about each crop (its track, excerpt,
+crop start and labels), so every one of the ``N = 3B`` crops of a batch can be
+paired with every other under the same similarity rules as the sampler
+(:func:`disentangled_ml.data.mining.batch_pair_masks`). The loss then uses all the
+triplets the labels allow instead of only the ``B`` that were sampled (Hermans et
+al. 2017, "In defense of the triplet loss"), at the cost of one ``[C + 1, N, N]``
+distance matrix per batch -- the network's forward pass is unchanged:
+
+* ``"in_batch_all"``: per condition, the mean hinge over its valid triplets with a
+  non-zero loss (``N^3`` candidates per condition: memory grows with the batch cubed,
+  about ``(C + 1) * (3B)^3 * 4`` bytes, 18 MB at B = 32);
+* ``"in_batch_hard"``: per condition and anchor, the hardest positive against the
+  hardest negative, averaged over anchors that have both.
+
+``L_cond`` is then the mean over the conditions present in the batch and ``L_track``
+the track group's value. Metrics (per-condition loss and accuracy) still describe the
+sampled triplets, so they read the same in every mode.
 """
 
 from __future__ import annotations
@@ -39,11 +59,13 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from disentangled_ml.config import Config, ConfigError, TRACK_CONDITION
+from disentangled_ml.config import MINING_MODES, Config, ConfigError, TRACK_CONDITION
 
-__all__ = ["MINING_MODES", "MaskedTripletLoss", "build_triplet_loss", "masked_distance"]
+__all__ = ["IN_BATCH_MODES", "MINING_MODES", "MaskedTripletLoss", "build_triplet_loss", "masked_distance",
+           "pairwise_masked_distance"]
 
-MINING_MODES = ("random", "batch_hard", "semi_hard")
+#: Modes that mine among all crops of a batch and need the pipeline's crop labels.
+IN_BATCH_MODES = ("in_batch_all", "in_batch_hard")
 
 
 def masked_distance(x, y, mask, epsilon: float = 1e-12):
@@ -54,6 +76,23 @@ def masked_distance(x, y, mask, epsilon: float = 1e-12):
     """
     diff = mask * (x - y)
     return ops.sqrt(ops.sum(ops.square(diff), axis=-1) + epsilon)
+
+
+def pairwise_masked_distance(embeddings, masks, epsilon: float = 1e-12):
+    """``||m_g * (e_i - e_j)||`` for every mask row ``g`` and pair ``i, j``: float32 ``[G, N, N]``.
+
+    Args:
+        embeddings: float32 ``[N, D]``.
+        masks: float32 ``[G, D]``.
+
+    Computed from Gram matrices (``|x|^2 + |y|^2 - 2 x.y``, clipped at 0), so memory
+    is ``G * N^2`` rather than ``G * N^2 * D``.
+    """
+    me = masks[:, None, :] * embeddings[None, :, :]  # [G, N, D]
+    sq = ops.sum(ops.square(me), axis=-1)  # [G, N]
+    gram = ops.matmul(me, ops.transpose(me, (0, 2, 1)))  # [G, N, N]
+    d2 = ops.maximum(sq[:, :, None] + sq[:, None, :] - 2.0 * gram, 0.0)
+    return ops.sqrt(d2 + epsilon)
 
 
 @keras.saving.register_keras_serializable(package="disentangled_ml")
@@ -78,6 +117,9 @@ class MaskedTripletLoss(keras.layers.Layer):
         masks: float32 ``[C + 1, D]`` mask matrix.
         raw_embeddings: optional float32 ``[N, D]`` (or a list of such) un-normalised
             embeddings whose mean L2 norm is penalised by ``embed_norm``.
+        pairs: for the in-batch modes, ``(pos, neg)`` bool ``[C + 1, 3B, 3B]`` from
+            :func:`disentangled_ml.data.mining.batch_pair_masks`, rows and columns in
+            the order anchors, positives, negatives.
         training: mining applies only when True.
 
     Returns:
@@ -130,7 +172,7 @@ class MaskedTripletLoss(keras.layers.Layer):
         """Names of the ``C + 1`` groups, track last: ``(*names, "track")``."""
         return (*self.names, TRACK_CONDITION)
 
-    def call(self, anchor, positive, negative, condition, masks, raw_embeddings=None, training=None):
+    def call(self, anchor, positive, negative, condition, masks, raw_embeddings=None, pairs=None, training=None):
         for label, t in (("anchor", anchor), ("positive", positive), ("negative", negative)):
             if len(t.shape) != 2:
                 raise ValueError(f"MaskedTripletLoss: {label} embeddings must be [batch, D], got shape {t.shape}.")
@@ -155,12 +197,21 @@ class MaskedTripletLoss(keras.layers.Layer):
         condition_accuracy = ops.matmul(correct, onehot) / safe
 
         weight = ops.ones_like(hinge)
-        if training and self.mining != "random":
-            weight = ops.stop_gradient(self._mining_weight(hinge, d_ap, d_an, onehot))
-
-        is_track = onehot[:, -1]
-        triplet_loss = (self._weighted_mean(hinge, weight * (1.0 - is_track))
-                        + self.track_weight * self._weighted_mean(hinge, weight * is_track))
+        if training and self.mining in IN_BATCH_MODES:
+            if pairs is None:
+                raise ValueError(f"MaskedTripletLoss: mining={self.mining!r} needs the batch's pair masks "
+                                 "(pairs=...); they come from the training pipeline's crop labels.")
+            group_loss, present = self.in_batch_loss(ops.concatenate([anchor, positive, negative], axis=0),
+                                                     masks, *pairs)
+            n_cond = ops.sum(present[:-1])
+            l_cond = ops.sum(group_loss[:-1] * present[:-1]) / ops.maximum(n_cond, 1.0)
+            triplet_loss = l_cond + self.track_weight * group_loss[-1]
+        else:
+            if training and self.mining != "random":
+                weight = ops.stop_gradient(self._mining_weight(hinge, d_ap, d_an, onehot))
+            is_track = onehot[:, -1]
+            triplet_loss = (self._weighted_mean(hinge, weight * (1.0 - is_track))
+                            + self.track_weight * self._weighted_mean(hinge, weight * is_track))
         loss = triplet_loss
         if raw_embeddings is not None and self.embed_norm > 0:
             if isinstance(raw_embeddings, (list, tuple)):
@@ -177,6 +228,35 @@ class MaskedTripletLoss(keras.layers.Layer):
             "condition_accuracy": condition_accuracy,
             "condition_count": count,
         }
+
+    def in_batch_loss(self, embeddings, masks, pos, neg):
+        """Loss of every group (conditions, then track) over all valid in-batch triplets.
+
+        Args:
+            embeddings: float32 ``[N, D]``.
+            masks: float32 ``[C + 1, D]``.
+            pos, neg: bool ``[C + 1, N, N]``: ``pos[g, i, j]`` (``neg[g, i, k]``) when j
+                (k) may be anchor i's positive (negative) in group g.
+        Returns:
+            (loss ``[C + 1]``, present ``[C + 1]``): the group's loss (module docstring)
+            and 1.0 where the batch holds at least one valid triplet of it.
+        """
+        dist = pairwise_masked_distance(embeddings, ops.cast(masks, embeddings.dtype), self.epsilon)
+        pos_f = ops.cast(pos, dist.dtype)
+        neg_f = ops.cast(neg, dist.dtype)
+        has = ops.cast(ops.logical_and(ops.any(pos, axis=2), ops.any(neg, axis=2)), dist.dtype)  # [G, N]
+        present = ops.cast(ops.sum(has, axis=1) > 0, dist.dtype)
+        if self.mining == "in_batch_all":
+            # [G, anchor, positive, negative]
+            hinge = ops.relu(dist[:, :, :, None] - dist[:, :, None, :] + self.margin)
+            hinge = hinge * pos_f[:, :, :, None] * neg_f[:, :, None, :]
+            active = ops.sum(ops.cast(hinge > 0, dist.dtype), axis=(1, 2, 3))
+            return ops.sum(hinge, axis=(1, 2, 3)) / ops.maximum(active, 1.0), present
+        big = ops.stop_gradient(ops.max(dist)) + 1.0  # outside any valid distance, so masked entries never win
+        hardest_pos = ops.max(dist * pos_f, axis=2)
+        hardest_neg = ops.min(ops.where(neg, dist, big), axis=2)
+        hinge = ops.relu(hardest_pos - hardest_neg + self.margin) * has
+        return ops.sum(hinge, axis=1) / ops.maximum(ops.sum(has, axis=1), 1.0), present
 
     @staticmethod
     def _weighted_mean(values, weight):

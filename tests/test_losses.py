@@ -195,3 +195,73 @@ def test_build_from_config():
     assert layer.names == cfg.conditions.names and layer.embed_norm == 0.0  # fixed masks: no CSN penalty
     learned = build_triplet_loss(cfg.replace(**{"model.mask_mode": "learned"}))
     assert learned.embed_norm == cfg.loss.embed_norm
+
+
+# ----------------------------------------------------------------------------- in-batch mining
+
+def in_batch_reference(emb, masks, pos, neg, margin, mode):
+    """Brute-force loops over every (anchor, positive, negative) of every group."""
+    losses, present = [], []
+    for g in range(masks.shape[0]):
+        d = np.sqrt((((emb[:, None, :] - emb[None, :, :]) * masks[g]) ** 2).sum(-1))
+        hinges, hard = [], []
+        for a in range(len(emb)):
+            ps, ns = np.flatnonzero(pos[g, a]), np.flatnonzero(neg[g, a])
+            if len(ps) and len(ns):
+                hinges += [max(0.0, d[a, p] - d[a, n] + margin) for p in ps for n in ns]
+                hard.append(max(0.0, d[a, ps].max() - d[a, ns].min() + margin))
+        present.append(float(bool(hard)))
+        if mode == "in_batch_all":
+            active = [h for h in hinges if h > 0]
+            losses.append(sum(active) / max(len(active), 1))
+        else:
+            losses.append(float(np.mean(hard)) if hard else 0.0)
+    return np.array(losses), np.array(present)
+
+
+@pytest.mark.parametrize("mode", ["in_batch_all", "in_batch_hard"])
+def test_in_batch_loss_matches_brute_force(mode):
+    rng = np.random.default_rng(3)
+    n = 12
+    emb = rng.normal(size=(n, D)).astype(np.float32)
+    pos = rng.random((3, n, n)) < 0.3
+    neg = rng.random((3, n, n)) < 0.4
+    pos[1] = False  # mood: no valid triplet in this batch
+    layer = MaskedTripletLoss(NAMES, margin=0.5, mining=mode)
+    loss, present = layer.in_batch_loss(tf.constant(emb), tf.constant(MASKS), tf.constant(pos), tf.constant(neg))
+    ref_loss, ref_present = in_batch_reference(emb, MASKS, pos, neg, 0.5, mode)
+    np.testing.assert_allclose(loss.numpy(), ref_loss, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(present.numpy(), ref_present)
+    assert ref_present.tolist() == [1.0, 0.0, 1.0] and ref_loss[0] > 0
+
+
+@pytest.mark.parametrize("mode", ["in_batch_all", "in_batch_hard"])
+def test_in_batch_objective_averages_present_conditions_and_weights_track(mode):
+    a, p, n, cond = random_batch(b=6, seed=4)
+    rng = np.random.default_rng(5)
+    pos = rng.random((3, 18, 18)) < 0.3
+    neg = rng.random((3, 18, 18)) < 0.5
+    layer = MaskedTripletLoss(NAMES, margin=0.4, track_weight=0.25, mining=mode)
+    out = run(layer, a, p, n, cond, pairs=(tf.constant(pos), tf.constant(neg)), training=True)
+    g, present = in_batch_reference(np.concatenate([a, p, n]), MASKS, pos, neg, 0.4, mode)
+    assert present.all()
+    assert out["triplet_loss"] == pytest.approx(g[:2].mean() + 0.25 * g[2], rel=1e-4)
+    # metrics still describe the sampled triplets
+    _, hinge, per_loss, _ = reference(a, p, n, cond, MASKS, 0.4, 0.25)
+    np.testing.assert_allclose(out["condition_loss"], per_loss, rtol=1e-5, atol=1e-6)
+    # evaluation ignores in-batch mining
+    ev = run(layer, a, p, n, cond, pairs=(tf.constant(pos), tf.constant(neg)), training=False)
+    assert ev["triplet_loss"] == pytest.approx(reference(a, p, n, cond, MASKS, 0.4, 0.25)[0], rel=1e-5)
+    with pytest.raises(ValueError, match="pair masks"):
+        run(layer, a, p, n, cond, training=True)
+
+
+def test_in_batch_gradient_is_finite_for_identical_crops():
+    emb = tf.Variable(np.ones((6, D), np.float32))
+    pos = np.ones((3, 6, 6), bool)
+    neg = np.ones((3, 6, 6), bool)
+    layer = MaskedTripletLoss(NAMES, mining="in_batch_all")
+    with tf.GradientTape() as tape:
+        loss, _ = layer.in_batch_loss(emb, tf.constant(MASKS), tf.constant(pos), tf.constant(neg))
+        total = tf.reduce_sum(loss)
+    assert np.isfinite(tape.gradient(total, emb).numpy()).all()

@@ -7,7 +7,7 @@ import tensorflow as tf
 from disentangled_ml.config import ConfigError
 from disentangled_ml.data.labels import LabelTables
 from disentangled_ml.data.manifest import Track
-from disentangled_ml.data.mining import mine_triplets
+from disentangled_ml.data.mining import batch_pair_masks, mine_triplets, track_min_shift
 from disentangled_ml.data.pipeline import DecodeStats, training_dataset
 from disentangled_ml.features import log_mel
 from collections_for_tests import tiny_config, write_tracks
@@ -139,3 +139,66 @@ def test_config_errors(collection):
         training_dataset(tracks, tables, [0, 1, 2], cfg.replace(**{"data.excerpt_seconds": 1.2}))
     with pytest.raises(ConfigError, match="cannot form triplets"):
         training_dataset(tracks, tables, [0], cfg)
+
+
+def test_batch_pair_masks_follow_the_mining_rules(collection):
+    """Every sampled triplet is among the in-batch pairs, and every in-batch pair obeys the rules."""
+    tracks, tables, cfg = collection
+    rows = list(range(len(tracks)))
+    seg = cfg.frontend.num_frames
+    min_shift = track_min_shift(cfg)
+    for x in training_dataset(tracks, tables, rows, cfg, seed=3).take(3):
+        pos, neg = (m.numpy() for m in batch_pair_masks(x, cfg))
+        b = x["anchor"].shape[0]
+        n_cond = len(cfg.conditions.names)
+        assert pos.shape == neg.shape == (n_cond + 1, 3 * b, 3 * b)
+        cond = x["condition"].numpy()
+        for i, c in enumerate(cond):
+            assert pos[c, i, b + i] and neg[c, i, 2 * b + i], (c, i)
+        track = np.transpose(x["crop_track"].numpy()).reshape(-1)
+        excerpt = np.transpose(x["crop_excerpt"].numpy()).reshape(-1)
+        frame = np.transpose(x["crop_frame"].numpy()).reshape(-1)
+        # the crop labels describe the crops: same excerpt and start -> identical mel
+        mel = np.concatenate([x[r].numpy() for r in ("anchor", "positive", "negative")])
+        for i in range(3 * b):
+            for j in range(3 * b):
+                if excerpt[i] == excerpt[j] and frame[i] == frame[j]:
+                    np.testing.assert_array_equal(mel[i], mel[j])
+                for c in range(n_cond):
+                    if pos[c, i, j] or neg[c, i, j]:
+                        assert track[i] != track[j]
+                        sim, dis = _similar(tables, c, track[i], track[j], cfg)
+                        assert (sim if pos[c, i, j] else dis), (c, i, j)
+                if pos[n_cond, i, j]:
+                    assert excerpt[i] == excerpt[j] and abs(frame[i] - frame[j]) >= min_shift
+                    assert max(0, seg - abs(frame[i] - frame[j])) / seg <= cfg.data.max_track_overlap
+                assert neg[n_cond, i, j] == (track[i] != track[j])
+        assert pos[n_cond].sum() > b  # more track pairs than the sampled ones
+
+
+def test_batch_pair_masks_name_missing_labels(collection):
+    _, _, cfg = collection
+    with pytest.raises(ValueError, match="crop labels"):
+        batch_pair_masks({"anchor": tf.zeros([2, 3, 4])}, cfg)
+
+
+@pytest.mark.parametrize("mode", ["in_batch_all", "in_batch_hard"])
+def test_model_trains_on_in_batch_triplets_of_the_pipeline(collection, mode):
+    from disentangled_ml.models import build_triplet_model
+
+    tracks, tables, cfg = collection
+    cfg = cfg.replace(**{"data.mining": mode, "model.width": 4, "model.backbone": "plain"})
+    model = build_triplet_model(cfg)
+    ds = training_dataset(tracks, tables, list(range(len(tracks))), cfg, seed=5)
+    x = next(iter(ds))
+    out = model.triplet_outputs(x, training=True)
+    stacked = tf.concat([x["anchor"], x["positive"], x["negative"]], axis=0)
+    emb = model.embedding_model(stacked, training=True)["embedding"]
+    group, present = model.triplet_loss.in_batch_loss(emb, model.condition_masks.mask_matrix(),
+                                                      *batch_pair_masks(x, cfg))
+    group, present = group.numpy(), present.numpy()
+    n = len(cfg.conditions.names)
+    expected = (group[:n] * present[:n]).sum() / present[:n].sum() + cfg.loss.track_weight * group[n]
+    assert float(out["triplet_loss"]) == pytest.approx(expected, rel=1e-4)
+    hist = model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0).history
+    assert np.isfinite(hist["loss"][0])

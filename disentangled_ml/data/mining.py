@@ -13,6 +13,7 @@ track, overlapping it by at most ``max_track_overlap``; negative = another track
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Sequence
 
 import tensorflow as tf
@@ -105,7 +106,7 @@ def mine_triplets(seed: tf.Tensor, classes: Sequence[tf.Tensor], tempo: tf.Tenso
     pos, neg = similarity_masks(conditions, classes, tempo, track_index, config)
     # Track condition: the positive is the anchor's own pool row (another crop of it).
     # It needs room for two crops overlapping by at most max_track_overlap.
-    min_shift = tf.cast(tf.math.ceil((1.0 - config.data.max_track_overlap) * seg), tf.int32)
+    min_shift = track_min_shift(config)
     long_enough = num_frames >= seg + min_shift
     eye = tf.eye(pool, dtype=tf.bool)
     other = tf.not_equal(track_index[:, None], track_index[None, :])
@@ -159,6 +160,85 @@ def mine_triplets(seed: tf.Tensor, classes: Sequence[tf.Tensor], tempo: tf.Tenso
         "anchor_frame": anchor_frame, "positive_frame": positive_frame, "negative_frame": negative_frame,
         "valid": valid,
     }
+
+
+def track_min_shift(config: Config) -> int:
+    """Smallest start-to-start distance, in mel frames, of two crops of one track that
+    overlap by at most ``data.max_track_overlap``."""
+    return int(math.ceil((1.0 - config.data.max_track_overlap) * config.frontend.num_frames))
+
+
+#: Roles of the three crops of a triplet, in the order of the ``crop_*`` label columns.
+ROLES = ("anchor", "positive", "negative")
+
+
+def crop_labels(triplets: Dict[str, tf.Tensor], track_index: tf.Tensor, classes: Sequence[tf.Tensor],
+                tempo: tf.Tensor, config: Config) -> Dict[str, tf.Tensor]:
+    """What is known about each crop of mined triplets, for in-batch mining.
+
+    Args:
+        triplets: the output of :func:`mine_triplets` (pool rows and crop starts).
+        track_index, classes, tempo: the pool's columns, as passed to :func:`mine_triplets`.
+        config: the Config (condition names).
+    Returns:
+        dict of ``[T, 3, ...]`` tensors, the second axis in :data:`ROLES` order:
+        ``crop_track`` (int32 global track index), ``crop_excerpt`` (int32 pool row:
+        crops with the same value are cut from the same excerpt), ``crop_frame`` (int32
+        crop start in the excerpt, mel frames), ``crop_tempo`` (float32 BPM, NaN unknown)
+        and ``crop_classes_<condition>`` (bool ``[T, 3, K_s]``) for every condition.
+    """
+    rows = tf.stack([triplets[r] for r in ROLES], axis=1)  # [T, 3] pool rows
+    out = {
+        "crop_track": tf.gather(tf.cast(track_index, tf.int32), rows),
+        "crop_excerpt": rows,
+        "crop_frame": tf.stack([triplets[f"{r}_frame"] for r in ROLES], axis=1),
+        "crop_tempo": tf.gather(tf.cast(tempo, tf.float32), rows),
+    }
+    for name, c in zip(config.conditions.names, classes):
+        out[f"crop_classes_{name}"] = tf.gather(c, rows)
+    return out
+
+
+def batch_pair_masks(labels: Dict[str, tf.Tensor], config: Config):
+    """Valid positive and negative pairs among all crops of a batch, for in-batch mining.
+
+    The same rules as :func:`mine_triplets`, applied to every pair of the ``N = 3B``
+    crops of a batch of ``B`` triplets (crop ``r * B + b`` is role ``ROLES[r]`` of
+    triplet ``b``: the order in which the model stacks anchors, positives, negatives):
+
+    * condition ``s``: :func:`similarity_masks` (never two crops of one track);
+    * track (last row): positive = a crop of the *same excerpt* starting at least
+      :func:`track_min_shift` frames away (so the overlap is at most
+      ``data.max_track_overlap``; crops of one track from two different excerpts have an
+      unknown overlap and are never paired), negative = any crop of another track.
+
+    Args:
+        labels: the ``crop_*`` entries of a pipeline batch (:func:`crop_labels`), ``[B, 3, ...]``.
+        config: the Config.
+    Returns:
+        (pos, neg): bool ``[C + 1, N, N]``.
+    """
+    def flat(v):  # [B, 3, ...] -> [3B, ...], role-major
+        v = tf.convert_to_tensor(v)
+        perm = [1, 0] + list(range(2, v.shape.rank))
+        t = tf.transpose(v, perm)
+        return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
+
+    names = config.conditions.names
+    missing = [k for k in ("crop_track", "crop_excerpt", "crop_frame", "crop_tempo",
+                           *(f"crop_classes_{n}" for n in names)) if k not in labels]
+    if missing:
+        raise ValueError(f"in-batch mining needs the crop labels of the training pipeline; the batch lacks {missing}. "
+                         "Train on `training_dataset` batches, or set data.mining to 'random'.")
+    track = flat(labels["crop_track"])
+    excerpt = flat(labels["crop_excerpt"])
+    frame = flat(labels["crop_frame"])
+    classes = [tf.cast(flat(labels[f"crop_classes_{n}"]), tf.bool) for n in names]
+    pos, neg = similarity_masks(names, classes, flat(labels["crop_tempo"]), track, config)
+    far = tf.abs(frame[:, None] - frame[None, :]) >= track_min_shift(config)
+    track_pos = tf.logical_and(tf.equal(excerpt[:, None], excerpt[None, :]), far)
+    track_neg = tf.not_equal(track[:, None], track[None, :])
+    return tf.concat([pos, track_pos[None]], axis=0), tf.concat([neg, track_neg[None]], axis=0)
 
 
 def condition_mix(config: Config) -> list:

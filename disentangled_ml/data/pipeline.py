@@ -19,7 +19,12 @@ Element format (what :class:`disentangled_ml.models.trainer.TripletModel` consum
      "negative": float32 [B, F, M], "condition": int32 [B]}
 
 with F = ``frontend.num_frames`` and M = ``frontend.n_mels``; condition ``C`` (the
-number of conditions) marks a track triplet.
+number of conditions) marks a track triplet. Each batch also carries what is known
+about every crop (``crop_track``, ``crop_excerpt``, ``crop_frame``, ``crop_tempo``,
+``crop_classes_<condition>``, all ``[B, 3, ...]``; see
+:func:`disentangled_ml.data.mining.crop_labels`), so that the loss can mine further
+triplets among all ``3B`` crops of the batch (``data.mining = "in_batch_*"``). All
+triplets of a batch come from one pool, so ``crop_excerpt`` identifies an excerpt.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from disentangled_ml.audio_io import FORMAT_CODES, decode_audio_tf
 from disentangled_ml.config import Config, ConfigError
 from disentangled_ml.data.labels import LabelTables
 from disentangled_ml.data.manifest import Track
-from disentangled_ml.data.mining import condition_mix, mine_triplets
+from disentangled_ml.data.mining import condition_mix, crop_labels, mine_triplets
 from disentangled_ml.features import log_mel, mel_filterbank
 
 log = logging.getLogger(__name__)
@@ -298,8 +303,10 @@ def training_dataset(tracks: Sequence[Track], tables: LabelTables, rows: Sequenc
     def mine_pool(pool_el, s):
         row, pcm, frames = pool_el
         mel = log_mel(tf.cast(pcm, tf.float32) * INT16_SCALE, fe, mel_matrix)  # [P, Fe, M]
-        trip = mine_triplets(s, [tf.gather(c, row) for c in classes], tf.gather(tempo, row), row, frames,
-                             per_pool, probs, config)
+        pool_classes = [tf.gather(c, row) for c in classes]
+        pool_tempo = tf.gather(tempo, row)
+        trip = mine_triplets(s, pool_classes, pool_tempo, row, frames, per_pool, probs, config)
+        trip.update(crop_labels(trip, row, pool_classes, pool_tempo, config))
         return mel, trip
 
     ds = ds.map(mine_pool, num_parallel_calls=autotune, deterministic=True)
@@ -309,8 +316,10 @@ def training_dataset(tracks: Sequence[Track], tables: LabelTables, rows: Sequenc
             starts = trip[f"{who}_frame"][:, None] + frame_range[None, :]  # [B, F]
             return tf.gather(tf.gather(mel, trip[who]), starts, batch_dims=1)  # [B, F, M]
 
-        return {"anchor": take("anchor"), "positive": take("positive"), "negative": take("negative"),
-                "condition": trip["condition"]}
+        batch = {"anchor": take("anchor"), "positive": take("positive"), "negative": take("negative"),
+                 "condition": trip["condition"]}
+        batch.update({k: v for k, v in trip.items() if k.startswith("crop_")})
+        return batch
 
     def to_batches(mel, trip):
         t = tf.data.Dataset.from_tensor_slices(trip).filter(lambda x: x["valid"])

@@ -6,8 +6,9 @@ triplet batches of the data pipeline::
     {"anchor": float32 [B, F, M], "positive": float32 [B, F, M],
      "negative": float32 [B, F, M], "condition": int32 [B]}
 
-(no labels: condition ``c < C`` is ``cfg.conditions.names[c]``, ``c == C`` a track
-triplet). It reports, per epoch, ``loss``, ``loss_<condition>`` and
+(condition ``c < C`` is ``cfg.conditions.names[c]``, ``c == C`` a track triplet),
+plus, from the training pipeline, the ``crop_*`` labels of every crop, which the
+in-batch mining modes (``data.mining = "in_batch_*"``) need and the others ignore. It reports, per epoch, ``loss``, ``loss_<condition>`` and
 ``acc_<condition>`` for every condition and ``track``, and ``mean_acc``, the mean
 triplet accuracy over the conditions (not track): ``val_mean_acc`` is the
 early-stopping target. ``model.predict`` / ``model(x)`` return the anchor embedding.
@@ -26,7 +27,8 @@ import tensorflow as tf
 from keras import ops
 
 from disentangled_ml.config import Config, ConfigError
-from disentangled_ml.losses import build_triplet_loss
+from disentangled_ml.data.mining import batch_pair_masks
+from disentangled_ml.losses import IN_BATCH_MODES, build_triplet_loss
 from disentangled_ml.models.embedding import EMBEDDING_OUTPUT, RAW_OUTPUT, build_embedding_model
 from disentangled_ml.models.masks import build_condition_masks
 
@@ -146,8 +148,12 @@ class TripletModel(keras.Model):
         out = self.embedding_model(stacked, training=training)
         emb = ops.cast(out[EMBEDDING_OUTPUT], "float32")  # loss in float32 under mixed precision
         raw = ops.cast(out[RAW_OUTPUT], "float32") if self._learned_masks else None
+        pairs = None
+        if training and self.cfg.data.mining in IN_BATCH_MODES:
+            pairs = batch_pair_masks(x, self.cfg)  # crop labels -> [C + 1, 3B, 3B] pairs
         result = self.triplet_loss(emb[:b], emb[b:2 * b], emb[2 * b:], x["condition"],
-                                   self.condition_masks.mask_matrix(), raw_embeddings=raw, training=training)
+                                   self.condition_masks.mask_matrix(), raw_embeddings=raw, pairs=pairs,
+                                   training=training)
         result = dict(result)
         result["loss"] = result["loss"] + self.condition_masks.penalty()
         return result
