@@ -143,7 +143,11 @@ class DataConfig:
     mining: str = "random"
     eval_triplets_per_condition: int = 500  # fixed validation/test triplet sets, per condition.
     num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
-    cache: str = "memory"  # decoded-audio cache: "memory", "none", or a directory for tf.data's file cache.
+    # Decoded-audio cache: "memory", "none", a directory for tf.data's file cache, or "auto":
+    # memory when the split's decoded audio (int16) fits in data.cache_memory_fraction of the
+    # machine's RAM, else none (each pass decodes again), with a warning.
+    cache: str = "auto"
+    cache_memory_fraction: float = 0.5
     silence_rms_db: float = -60.0  # a file whose RMS is below this (dBFS) is rejected as silent.
     # Range of madmom's tempo search in `dml prepare` (madmom's own defaults).
     tempo_min_bpm: float = 40.0
@@ -164,6 +168,9 @@ class DataConfig:
         _check(0 <= self.max_track_overlap < 1, "data.max_track_overlap", self.max_track_overlap, "in [0, 1)")
         _check(self.mining in MINING_MODES, "data.mining", self.mining,
                "one of " + ", ".join(repr(m) for m in MINING_MODES))
+        _check(0 < self.cache_memory_fraction <= 1, "data.cache_memory_fraction", self.cache_memory_fraction,
+               "in (0, 1]")
+        _check(bool(self.cache), "data.cache", self.cache, "'auto', 'memory', 'none' or a directory")
         _check(self.eval_triplets_per_condition >= 1, "data.eval_triplets_per_condition",
                self.eval_triplets_per_condition, ">= 1")
         _check(self.num_parallel_calls == -1 or self.num_parallel_calls >= 1, "data.num_parallel_calls",

@@ -202,3 +202,25 @@ def test_model_trains_on_in_batch_triplets_of_the_pipeline(collection, mode):
     assert float(out["triplet_loss"]) == pytest.approx(expected, rel=1e-4)
     hist = model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0).history
     assert np.isfinite(hist["loss"][0])
+
+
+def test_auto_cache_uses_memory_only_when_the_split_fits(collection, monkeypatch, caplog):
+    from disentangled_ml.data import pipeline
+
+    tracks, tables, cfg = collection
+    rows = list(range(len(tracks)))
+    # tiny tracks: 3 s at 8 kHz, int16
+    assert pipeline.decoded_bytes(tracks, rows, cfg) == pytest.approx(len(tracks) * 3 * 8000 * 2, rel=0.01)
+    assert cfg.data.cache == "auto" and pipeline.resolve_cache(tracks, rows, cfg) == "memory"
+    monkeypatch.setattr(pipeline, "physical_memory_bytes", lambda: 100_000)  # 100 kB of "RAM"
+    with caplog.at_level("WARNING"):
+        assert pipeline.resolve_cache(tracks, rows, cfg) == "none"
+    assert "data.cache_memory_fraction" in caplog.text and "--cache-audio" in caplog.text
+    assert pipeline.resolve_cache(tracks, rows, cfg.replace(**{"data.cache": "memory"})) == "memory"
+    # without a cache the stream is still the same for a seed
+    a = _take(training_dataset(tracks, tables, rows, cfg, seed=2), 2)
+    b = _take(training_dataset(tracks, tables, rows, cfg.replace(**{"data.cache": "memory"}), seed=2), 2)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["anchor"], y["anchor"])
+    with pytest.raises(ConfigError, match="data.cache_memory_fraction"):
+        cfg.replace(**{"data.cache_memory_fraction": 0})

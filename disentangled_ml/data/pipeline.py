@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -231,6 +232,47 @@ def _excerpt(config: Config):
     return fn
 
 
+def decoded_bytes(tracks: Sequence[Track], rows: Sequence[int], config: Config) -> int:
+    """Size of the decoded audio of ``rows`` as the pipeline caches it (int16 mono at
+    ``frontend.sample_rate``), in bytes, from the prepared manifest's file information."""
+    sr = config.frontend.sample_rate
+    total = 0.0
+    for r in rows:
+        info = tracks[r].info
+        total += float(info.get("num_frames") or 0) * sr / float(info.get("sample_rate") or sr)
+    return int(2 * total)
+
+
+def physical_memory_bytes() -> Optional[int]:
+    """RAM of this machine in bytes, or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def resolve_cache(tracks: Sequence[Track], rows: Sequence[int], config: Config) -> str:
+    """The decoded-audio cache to use: ``data.cache``, with ``"auto"`` resolved.
+
+    ``"auto"`` caches in memory when the split's decoded audio fits in
+    ``data.cache_memory_fraction`` of the RAM, and otherwise decodes every pass
+    (``"none"``), logging why and what to do: a real collection of full-length tracks
+    (hours of audio) would not fit, and a memory cache that outgrows RAM kills the run.
+    """
+    cache = config.data.cache
+    if cache != "auto":
+        return cache
+    need = decoded_bytes(tracks, rows, config)
+    ram = physical_memory_bytes()
+    if ram is None or need <= config.data.cache_memory_fraction * ram:
+        return "memory"
+    log.warning("the decoded audio of this split needs %.1f GB, more than data.cache_memory_fraction=%.2f of this "
+                "machine's %.1f GB RAM: not caching it, every pass decodes the files again. Faster: write TFRecord "
+                "shards with `dml prepare --cache-audio`, or set data.cache to a directory (a file cache on local "
+                "disk).", need / 1e9, config.data.cache_memory_fraction, ram / 1e9)
+    return "none"
+
+
 def check_pipeline_config(config: Config) -> None:
     need = config.frontend.segment_seconds * (2.0 - config.data.max_track_overlap)
     if config.data.excerpt_seconds < need:
@@ -286,11 +328,12 @@ def training_dataset(tracks: Sequence[Track], tables: LabelTables, rows: Sequenc
     frame_range = tf.range(seg)
 
     ds = decoded_tracks(tracks, rows, config, stats, audio_dir=audio_dir)
-    if config.data.cache == "memory":
+    cache = resolve_cache(tracks, rows, config)
+    if cache == "memory":
         ds = ds.cache()
-    elif config.data.cache != "none":
-        tf.io.gfile.makedirs(config.data.cache)
-        ds = ds.cache(config.data.cache.rstrip("/") + "/decoded")
+    elif cache != "none":
+        tf.io.gfile.makedirs(cache)
+        ds = ds.cache(cache.rstrip("/") + "/decoded")
     # seed None: tf.data draws the op's seed when the iterator starts (runtime_seeds)
     seeds = [None] * 3 if runtime_seeds else [seed, seed + 1, seed + 2]
     ds = ds.shuffle(len(rows), seed=seeds[0], reshuffle_each_iteration=True).repeat()

@@ -177,7 +177,7 @@ def job_name_for(run_dir: str, config: Config) -> str:
 
 def service_config(config: Config) -> Config:
     """``config`` as the service runs it: a directory ``data.cache`` becomes ``"none"``."""
-    if config.data.cache not in ("memory", "none"):
+    if config.data.cache not in ("auto", "memory", "none"):
         log.warning("data.cache=%r is a directory: the tf.data service workers would all write the same cache files, "
                     "so the service runs without a cache. Use `dml prepare --cache-audio` shards for cheap reads.",
                     config.data.cache)
