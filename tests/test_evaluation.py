@@ -400,3 +400,25 @@ def test_cli_reads_prepared_dir_from_run_json(run_dir, tmp_path, capsys):
         cli_evaluate.run(_cli_args(run_dir=str(empty), prepared=run_dir["prepared"]))
     with pytest.raises(CliError, match="--k 0"):
         cli_evaluate.run(_cli_args(run_dir=run_dir["run"], k=0))
+
+
+def test_training_checkpoints_and_mel_models_are_evaluated_through_the_frontend(collection, tmp_path):
+    """`dml evaluate --model RUN_DIR/best.keras` (a TripletModel, mel input) must work like embedding.keras."""
+    from disentangled_ml.models import build_triplet_model
+    from disentangled_ml.models.embedding import add_frontend
+
+    cfg = collection["cfg"].replace(**{"model.width": 4, "model.backbone": "plain"})
+    triplet_model = build_triplet_model(cfg)
+    ckpt = str(tmp_path / "best.keras")
+    triplet_model.save(ckpt)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, cfg.frontend.segment_samples)).astype(np.float32)
+    expected = add_frontend(cfg, triplet_model.embedding_model).predict_on_batch(x)["embedding"]
+    emb, kind, _ = load_embedder(ckpt)
+    assert kind == "keras"
+    np.testing.assert_allclose(emb(x), expected, atol=1e-5)
+    mel_model = str(tmp_path / "mel.keras")
+    triplet_model.embedding_model.save(mel_model)
+    with pytest.raises(EvaluationError, match="log-mel patches"):
+        load_embedder(mel_model)
+    emb, _, _ = load_embedder(mel_model, config=cfg)
+    np.testing.assert_allclose(emb(x), expected, atol=1e-5)

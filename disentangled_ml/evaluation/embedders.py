@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from disentangled_ml.config import Config
+
 __all__ = ["KerasEmbedder", "SavedModelEmbedder", "load_embedder", "read_export_config", "EvaluationError",
            "EMBEDDING_KEY"]
 
@@ -117,16 +119,18 @@ def read_export_config(export_dir: str) -> Dict[str, Any]:
         raise EvaluationError(f"{path} is not valid JSON: {e}") from e
 
 
-def load_embedder(path: str, batch_size: int = 64) -> Tuple[Any, str, Dict[str, Any]]:
+def load_embedder(path: str, batch_size: int = 64, config: Optional[Config] = None) -> Tuple[Any, str, Dict[str, Any]]:
     """Load a model to evaluate from a ``.keras`` file or an export directory.
 
     An export directory is recognised by its ``saved_model/`` folder (DESIGN.md
     contract 2); a ``saved_model`` folder itself is accepted too.
 
     Args:
-        path: ``RUN_DIR/embedding.keras``, another ``.keras`` file, ``EXPORT_DIR`` or
+        path: ``RUN_DIR/embedding.keras``, another ``.keras`` file (a training
+            checkpoint such as ``RUN_DIR/best.keras`` too), ``EXPORT_DIR`` or
             ``EXPORT_DIR/saved_model``.
         batch_size: crops per forward pass.
+        config: the run's config, for the frontend of a mel-input ``.keras`` model.
 
     Returns:
         ``(embedder, kind, export_config)``: kind is ``"keras"`` or ``"saved_model"``;
@@ -159,4 +163,25 @@ def load_embedder(path: str, batch_size: int = 64) -> Tuple[Any, str, Dict[str, 
     except Exception as e:
         raise EvaluationError(f"{path}: cannot be loaded as a Keras model ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:300]}).") from e
-    return KerasEmbedder(model, batch_size), "keras", {}
+    return KerasEmbedder(_with_waveform_input(model, config, path), batch_size), "keras", {}
+
+
+def _with_waveform_input(model: Any, config: Optional[Config], path: str) -> Any:
+    """A waveform-input view of ``model``.
+
+    ``RUN_DIR/embedding.keras`` already takes audio; a training checkpoint
+    (``best.keras``, ``checkpoints/last.keras``: a ``TripletModel``) or a mel-input
+    embedding model gets the log-mel frontend of its config in front.
+    """
+    from disentangled_ml.models.embedding import add_frontend
+    from disentangled_ml.models.trainer import TripletModel
+
+    if isinstance(model, TripletModel):
+        return add_frontend(model.cfg, model.embedding_model)
+    shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
+    if len(shape) == 3:  # [batch, frames, mels]: a mel-input embedding model
+        if config is None:
+            raise EvaluationError(f"{path} takes log-mel patches {shape}, not audio; evaluate it with the config it "
+                                  "was trained with.")
+        return add_frontend(config, model)
+    return model

@@ -557,7 +557,7 @@ def evaluate_run(run_dir: str, prepared_dir: str, split: str = "test", baselines
 
     dim = config.conditions.embedding_dim
     model_path = model_path or os.path.join(run_dir, "embedding.keras")
-    embedder, kind, export_config = load_embedder(model_path, batch_size=batch_size)
+    embedder, kind, export_config = load_embedder(model_path, batch_size=batch_size, config=config)
     _check_embedder(embedder, config, f"model {model_path}", dim)
     masks = None
     if config.model.mask_mode == "learned":
