@@ -119,7 +119,8 @@ class MaskedTripletLoss(keras.layers.Layer):
             embeddings whose mean L2 norm is penalised by ``embed_norm``.
         pairs: for the in-batch modes, ``(pos, neg)`` bool ``[C + 1, 3B, 3B]`` from
             :func:`disentangled_ml.data.mining.batch_pair_masks`, rows and columns in
-            the order anchors, positives, negatives.
+            the order anchors, positives, negatives. Without it an in-batch mode
+            scores the sampled triplets, as ``"random"`` does.
         training: mining applies only when True.
 
     Returns:
@@ -197,17 +198,14 @@ class MaskedTripletLoss(keras.layers.Layer):
         condition_accuracy = ops.matmul(correct, onehot) / safe
 
         weight = ops.ones_like(hinge)
-        if training and self.mining in IN_BATCH_MODES:
-            if pairs is None:
-                raise ValueError(f"MaskedTripletLoss: mining={self.mining!r} needs the batch's pair masks "
-                                 "(pairs=...); they come from the training pipeline's crop labels.")
+        if training and self.mining in IN_BATCH_MODES and pairs is not None:
             group_loss, present = self.in_batch_loss(ops.concatenate([anchor, positive, negative], axis=0),
                                                      masks, *pairs)
             n_cond = ops.sum(present[:-1])
             l_cond = ops.sum(group_loss[:-1] * present[:-1]) / ops.maximum(n_cond, 1.0)
             triplet_loss = l_cond + self.track_weight * group_loss[-1]
         else:
-            if training and self.mining != "random":
+            if training and self.mining in ("batch_hard", "semi_hard"):
                 weight = ops.stop_gradient(self._mining_weight(hinge, d_ap, d_an, onehot))
             is_track = onehot[:, -1]
             triplet_loss = (self._weighted_mean(hinge, weight * (1.0 - is_track))

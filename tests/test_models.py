@@ -290,3 +290,16 @@ def test_runs_under_mirrored_strategy():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+
+
+def test_in_batch_mining_without_crop_labels_trains_on_sampled_triplets(caplog):
+    cfg = small_config(**{"data.mining": "in_batch_all", "model.backbone": "plain"})
+    model = build_triplet_model(cfg)
+    data = toy_triplets(cfg, 16, 4)
+    with caplog.at_level("WARNING"):
+        out = model.triplet_outputs({k: tf.constant(v) for k, v in data.items()}, training=True)
+    assert "carry no crop labels" in caplog.text
+    sampled = build_triplet_model(cfg.replace(**{"data.mining": "random"}))
+    sampled.set_weights(model.get_weights())
+    ref = sampled.triplet_outputs({k: tf.constant(v) for k, v in data.items()}, training=True)
+    assert float(out["triplet_loss"]) == pytest.approx(float(ref["triplet_loss"]), rel=1e-5)

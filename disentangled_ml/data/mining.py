@@ -199,6 +199,13 @@ def crop_labels(triplets: Dict[str, tf.Tensor], track_index: tf.Tensor, classes:
     return out
 
 
+def missing_crop_labels(batch, config: Config) -> list:
+    """The ``crop_*`` keys that in-batch mining needs and ``batch`` lacks (``[]`` when complete)."""
+    keys = ("crop_track", "crop_excerpt", "crop_frame", "crop_tempo",
+            *(f"crop_classes_{n}" for n in config.conditions.names))
+    return [k for k in keys if k not in batch]
+
+
 def batch_pair_masks(labels: Dict[str, tf.Tensor], config: Config):
     """Valid positive and negative pairs among all crops of a batch, for in-batch mining.
 
@@ -225,8 +232,7 @@ def batch_pair_masks(labels: Dict[str, tf.Tensor], config: Config):
         return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
 
     names = config.conditions.names
-    missing = [k for k in ("crop_track", "crop_excerpt", "crop_frame", "crop_tempo",
-                           *(f"crop_classes_{n}" for n in names)) if k not in labels]
+    missing = missing_crop_labels(labels, config)
     if missing:
         raise ValueError(f"in-batch mining needs the crop labels of the training pipeline; the batch lacks {missing}. "
                          "Train on `training_dataset` batches, or set data.mining to 'random'.")

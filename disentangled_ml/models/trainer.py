@@ -8,7 +8,9 @@ triplet batches of the data pipeline::
 
 (condition ``c < C`` is ``cfg.conditions.names[c]``, ``c == C`` a track triplet),
 plus, from the training pipeline, the ``crop_*`` labels of every crop, which the
-in-batch mining modes (``data.mining = "in_batch_*"``) need and the others ignore. It reports, per epoch, ``loss``, ``loss_<condition>`` and
+in-batch mining modes (``data.mining = "in_batch_*"``) use and the others ignore;
+batches without them (hand-made triplet datasets) train on the sampled triplets,
+with a warning. It reports, per epoch, ``loss``, ``loss_<condition>`` and
 ``acc_<condition>`` for every condition and ``track``, and ``mean_acc``, the mean
 triplet accuracy over the conditions (not track): ``val_mean_acc`` is the
 early-stopping target. ``model.predict`` / ``model(x)`` return the anchor embedding.
@@ -20,6 +22,7 @@ itself from its :class:`~disentangled_ml.config.Config`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, Mapping, Union
 
 import keras
@@ -27,10 +30,12 @@ import tensorflow as tf
 from keras import ops
 
 from disentangled_ml.config import Config, ConfigError
-from disentangled_ml.data.mining import batch_pair_masks
+from disentangled_ml.data.mining import batch_pair_masks, missing_crop_labels
 from disentangled_ml.losses import IN_BATCH_MODES, build_triplet_loss
 from disentangled_ml.models.embedding import EMBEDDING_OUTPUT, RAW_OUTPUT, build_embedding_model
 from disentangled_ml.models.masks import build_condition_masks
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TripletModel", "MeanConditionAccuracy", "build_triplet_model", "TRIPLET_KEYS"]
 
@@ -101,6 +106,7 @@ class TripletModel(keras.Model):
         self.condition_masks = build_condition_masks(config)
         self.triplet_loss = build_triplet_loss(config)
         self._learned_masks = config.model.mask_mode == "learned"
+        self._warned_no_crop_labels = False
 
         groups = self.triplet_loss.metric_names  # conditions, then "track"
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -150,7 +156,15 @@ class TripletModel(keras.Model):
         raw = ops.cast(out[RAW_OUTPUT], "float32") if self._learned_masks else None
         pairs = None
         if training and self.cfg.data.mining in IN_BATCH_MODES:
-            pairs = batch_pair_masks(x, self.cfg)  # crop labels -> [C + 1, 3B, 3B] pairs
+            missing = missing_crop_labels(x, self.cfg)
+            if not missing:
+                pairs = batch_pair_masks(x, self.cfg)  # crop labels -> [C + 1, 3B, 3B] pairs
+            elif not self._warned_no_crop_labels:  # once, when the step is traced
+                self._warned_no_crop_labels = True
+                log.warning("data.mining=%r but the training batches carry no crop labels (%s): training on the "
+                            "sampled triplets only, as with data.mining='random'. Batches from "
+                            "disentangled_ml.data.pipeline.training_dataset carry them.",
+                            self.cfg.data.mining, ", ".join(missing))
         result = self.triplet_loss(emb[:b], emb[b:2 * b], emb[2 * b:], x["condition"],
                                    self.condition_masks.mask_matrix(), raw_embeddings=raw, pairs=pairs,
                                    training=training)
