@@ -167,5 +167,6 @@ def test_addresses_and_cli_errors(capsys):
     assert "--data-service '127.0.0.1'" in capsys.readouterr().err
     cfg = tiny_config()
     assert service.service_config(cfg.replace(**{"data.cache": "/tmp/x"})).data.cache == "none"
-    assert service.service_config(cfg).data.cache == "memory"
+    for cache in ("auto", "memory", "none"):  # only a directory cache changes under the service
+        assert service.service_config(cfg.replace(**{"data.cache": cache})).data.cache == cache
     assert service.job_name_for("/a/run1", cfg) != service.job_name_for("/b/run1", cfg)
