@@ -31,7 +31,22 @@ FORMAT_CODES: Tuple[str, ...] = ("wav:int16", "wav:int32", "wav:float32", "flac:
 
 # tensorflow-io's AudioIOTensor is not safe to construct from several threads at once:
 # seen here, a 16-bit FLAC probed concurrently from a thread pool came back as float32.
+# WAV and FLAC headers are therefore read with libsndfile (below); the lock still guards
+# the Ogg and MP3 probes, which go through AudioIOTensor.
 _PROBE_LOCK = threading.Lock()
+
+# libsndfile subtype -> decoder code, for the containers whose sample type decides the
+# decoder. Read with soundfile rather than tensorflow-io because tensorflow-io reports
+# 32-bit integer WAV as float32 (it decodes it to garbage and NaN), and its header
+# reader is not thread-safe. 24-bit PCM decodes through the int32 path (tensorflow-io
+# widens it, measured exact to 1e-7).
+_SNDFILE_CODES = {
+    (".wav", "PCM_16"): "wav:int16", (".wav", "PCM_24"): "wav:int32", (".wav", "FLOAT"): "wav:float32",
+    (".flac", "PCM_16"): "flac:int16", (".flac", "PCM_24"): "flac:int32",
+}
+#: What to tell the user for sample types tensorflow-io cannot decode correctly.
+_UNSUPPORTED_HINT = ("re-encode it as 16- or 24-bit PCM (or 32-bit float WAV), e.g. "
+                     "`sox IN -b 16 OUT` or `ffmpeg -i IN -c:a pcm_s16le OUT.wav`")
 
 
 class AudioDecodeError(RuntimeError):
@@ -76,7 +91,10 @@ def check_extension(path: str) -> str:
 
 
 def probe_audio(path: str) -> AudioInfo:
-    """Read a file's header with tensorflow-io: rate, length, channels, decoder code.
+    """Read a file's header: rate, length, channels and decoder code.
+
+    WAV and FLAC headers are read with libsndfile (soundfile), Ogg and MP3 with
+    tensorflow-io; the decoder code picks the graph decoder for the file.
 
     Raises:
         AudioDecodeError: missing file, unsupported extension or unreadable header.
@@ -84,23 +102,39 @@ def probe_audio(path: str) -> AudioInfo:
     ext = check_extension(path)
     if not os.path.isfile(path):
         raise AudioDecodeError(f"{path}: file not found; check the manifest's path column.")
-    try:
-        with _PROBE_LOCK:
-            t = _tfio().audio.AudioIOTensor(path)
-            num_frames, channels = (int(v) for v in t.shape.numpy())
-            rate = int(t.rate.numpy())
-            dtype = t.dtype.name
-    except Exception as e:  # tensorflow-io raises several error types for bad data
-        raise AudioDecodeError(f"{path}: cannot be decoded ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
-    if ext in (".ogg", ".mp3"):
-        code = ext[1:]
+    if ext in (".wav", ".flac"):
+        info = _probe_sndfile(path, ext)
     else:
-        code = f"{ext[1:]}:{dtype}"
-    if code not in FORMAT_CODES:
-        raise AudioDecodeError(f"{path}: sample type {dtype} in {ext} is not supported; re-encode as 16-bit PCM.")
-    if num_frames <= 0 or rate <= 0:
-        raise AudioDecodeError(f"{path}: header reports {num_frames} samples at {rate} Hz; the file is empty or truncated.")
-    return AudioInfo(sample_rate=rate, num_frames=num_frames, channels=channels, format_code=code)
+        try:
+            with _PROBE_LOCK:
+                t = _tfio().audio.AudioIOTensor(path)
+                num_frames, channels = (int(v) for v in t.shape.numpy())
+                rate = int(t.rate.numpy())
+        except Exception as e:  # tensorflow-io raises several error types for bad data
+            raise AudioDecodeError(f"{path}: cannot be decoded ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0][:200]}).") from e
+        info = AudioInfo(sample_rate=rate, num_frames=num_frames, channels=channels, format_code=ext[1:])
+    if info.num_frames <= 0 or info.sample_rate <= 0:
+        raise AudioDecodeError(f"{path}: header reports {info.num_frames} samples at {info.sample_rate} Hz; "
+                               "the file is empty or truncated.")
+    return info
+
+
+def _probe_sndfile(path: str, ext: str) -> AudioInfo:
+    """WAV / FLAC header through libsndfile: rate, length, channels and the decoder for its sample type."""
+    import soundfile
+
+    try:
+        sf_info = soundfile.info(path)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError for unreadable headers
+        raise AudioDecodeError(f"{path}: cannot be decoded ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:200]}).") from e
+    code = _SNDFILE_CODES.get((ext, sf_info.subtype))
+    if code is None:
+        raise AudioDecodeError(f"{path}: sample type {sf_info.subtype} ({sf_info.subtype_info}) in {ext} is not "
+                               f"supported by the decoder; {_UNSUPPORTED_HINT}.")
+    return AudioInfo(sample_rate=int(sf_info.samplerate), num_frames=int(sf_info.frames),
+                     channels=int(sf_info.channels), format_code=code)
 
 
 def load_audio(path: str, sample_rate: int) -> np.ndarray:
@@ -125,6 +159,9 @@ def load_audio(path: str, sample_rate: int) -> np.ndarray:
         raise AudioDecodeError(f"{path}: decoding failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
     if y.size == 0:
         raise AudioDecodeError(f"{path}: decoded to zero samples; the file is empty or truncated.")
+    if not np.isfinite(y).all():  # a mis-declared sample type decodes to NaN / inf; never train on it
+        raise AudioDecodeError(f"{path}: decoded to non-finite samples (NaN or inf): the header's sample type "
+                               f"does not match the data; {_UNSUPPORTED_HINT}.")
     return y
 
 

@@ -36,3 +36,34 @@ def test_bad_inputs_name_the_file(tmp_path):
     with pytest.raises(AudioDecodeError, match="cut.wav"):
         load_audio(str(truncated), 8000)
     assert np.isfinite(load_audio(good, 8000)).all()
+
+
+@pytest.mark.parametrize("ext,subtype,code", [
+    ("wav", "PCM_16", "wav:int16"), ("wav", "PCM_24", "wav:int32"), ("wav", "FLOAT", "wav:float32"),
+    ("flac", "PCM_16", "flac:int16"), ("flac", "PCM_24", "flac:int32"),
+])
+def test_sample_types_decode_to_the_written_signal(tmp_path, ext, subtype, code):
+    import soundfile
+
+    y = (0.5 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.float32)
+    path = str(tmp_path / f"tone.{ext}")
+    soundfile.write(path, np.stack([y, y], axis=1), 8000, subtype=subtype)
+    info = probe_audio(path)
+    assert (info.format_code, info.num_frames, info.channels, info.sample_rate) == (code, 8000, 2, 8000)
+    z = load_audio(path, 8000)
+    # 16-bit quantisation is the coarsest step here (3e-5 of full scale).
+    np.testing.assert_allclose(z, y, atol=1e-4)
+
+
+@pytest.mark.parametrize("ext,subtype", [("wav", "PCM_32"), ("wav", "PCM_U8"), ("wav", "DOUBLE"), ("flac", "PCM_S8")])
+def test_sample_types_the_decoder_gets_wrong_are_refused_by_name(tmp_path, ext, subtype):
+    # tensorflow-io reads 32-bit integer WAV as float32 and decoded it to NaN; such files must
+    # be refused with the fix, never handed to training.
+    import soundfile
+
+    path = str(tmp_path / f"tone.{ext}")
+    soundfile.write(path, np.zeros(8000, np.float32) + 0.1, 8000, subtype=subtype)
+    with pytest.raises(AudioDecodeError, match=f"tone.{ext}.*{subtype}.*re-encode"):
+        probe_audio(path)
+    with pytest.raises(AudioDecodeError, match=f"tone.{ext}"):
+        load_audio(path, 8000)
