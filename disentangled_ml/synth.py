@@ -11,7 +11,11 @@ model that confuses them is caught:
   synthesis in every genre, so genre cannot be read off timbre alone.
 * **mood** (:data:`MOODS`): major or minor harmony crossed with the brightness
   (spectral roll-off) of the accompaniment: happy = major & bright, tender =
-  major & dark, tense = minor & bright, sad = minor & dark.
+  major & dark, tense = minor & bright, sad = minor & dark. Brightness is
+  audible in any crop; mode is not always: the chords come from the natural
+  minor scale, whose triads are those of the relative major, so only which
+  chord acts as the tonic tells the modes apart, and a 3 s crop may not show
+  it (``benchmarks/synth_factors.py`` measures both).
 * **instrument** (:data:`INSTRUMENTS`): the lead melody's timbre, i.e. its
   harmonic profile and amplitude envelope. The melody's rhythm is drawn the same
   way for every instrument and genre.
@@ -77,7 +81,8 @@ _PROGRESSIONS = {
     "major": ((0, 4, 5, 3), (0, 3, 4, 3), (0, 5, 3, 4), (1, 4, 0, 0), (0, 3, 0, 4)),
     "minor": ((0, 5, 2, 6), (0, 3, 4, 0), (0, 6, 5, 6), (0, 3, 6, 2), (0, 5, 3, 4)),
 }
-_MOOD_MODE = {"happy": ("major", True), "tender": ("major", False), "tense": ("minor", True), "sad": ("minor", False)}
+#: Mood -> (mode, bright accompaniment): the two factors the synthesiser renders for a mood.
+MOOD_FACTORS = {"happy": ("major", True), "tender": ("major", False), "tense": ("minor", True), "sad": ("minor", False)}
 _TRACK_ID = "synth_{:04d}"
 _TABLE = 2048  # wavetable length in samples; one period
 
@@ -599,7 +604,7 @@ def render_track(spec: TrackSpec, seed: int) -> np.ndarray:
         peak at :data:`PEAK_DBFS` dBFS.
     """
     rng = _rng(seed, spec.index, 1)
-    mode, bright = _MOOD_MODE[spec.mood]
+    mode, bright = MOOD_FACTORS[spec.mood]
     harmony = _Harmony(key=spec.key, scale=_MAJOR if mode == "major" else _MINOR,
                        progression=_PROGRESSIONS[mode][int(rng.integers(len(_PROGRESSIONS[mode])))])
     n = spec.num_samples

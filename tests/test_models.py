@@ -182,8 +182,9 @@ def toy_triplets(cfg, n, seed):
 def trained():
     keras.utils.set_random_seed(0)
     # A low BN momentum: after 40 steps the default 0.99 would leave the inference-mode
-    # statistics mostly at their initial values.
-    cfg = small_config(**{"model.batchnorm_momentum": 0.8})
+    # statistics mostly at their initial values. Adam at 0.01 rather than the default 1e-3:
+    # this toy problem gets 40 steps, and the test is about the training machinery.
+    cfg = small_config(**{"model.batchnorm_momentum": 0.8, "train.learning_rate": 0.01})
     model = build_triplet_model(cfg)
     train = tf.data.Dataset.from_tensor_slices(toy_triplets(cfg, 256, 0)).batch(32)
     val = tf.data.Dataset.from_tensor_slices(toy_triplets(cfg, 160, 1)).batch(32)

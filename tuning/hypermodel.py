@@ -124,7 +124,7 @@ class SearchSpace:
     lambda_points: int = 5
     include_zero_lambda: bool = True
     margin_range: Tuple[float, float] = (0.05, 0.5)
-    learning_rate_range: Tuple[float, float] = (1e-3, 3e-2)
+    learning_rate_range: Tuple[float, float] = (1e-4, 1e-2)
     widths: Optional[Tuple[int, ...]] = None
     objective: str = "mean"
 

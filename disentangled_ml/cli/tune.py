@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--margin-range", nargs=2, type=float, default=[0.05, 0.5], metavar=("MIN", "MAX"),
                         help="triplet margin range (loss.margin, Euclidean distance on unit-norm embeddings, "
                              ">= 0), sampled uniformly; MIN = MAX fixes it")
-    parser.add_argument("--lr-range", nargs=2, type=float, default=[1e-3, 3e-2], metavar=("MIN", "MAX"),
+    parser.add_argument("--lr-range", nargs=2, type=float, default=[1e-4, 1e-2], metavar=("MIN", "MAX"),
                         help="Adam learning rate range (train.learning_rate, > 0), sampled log-uniformly; "
                              "MIN = MAX fixes it")
     parser.add_argument("--widths", metavar="W1,W2,...",
