@@ -161,6 +161,21 @@ def test_disentanglement_matrix_is_diagonal_for_a_disentangled_embedding():
     assert (acc[3] > 0.95).all()  # track identity lives everywhere
 
 
+def test_class_pair_accuracy_hand_computed():
+    vocab = ["a", "b", "c"]
+    eye = np.eye(3, dtype=bool)
+    anchors = np.stack([eye[0], eye[0], eye[0], eye[1], eye[0] | eye[1]])
+    negatives = np.stack([eye[1], eye[1], eye[2], eye[0], eye[2]])
+    correct = np.array([True, False, True, True, False])
+    r = M.class_pair_accuracy(correct, anchors, negatives, vocab)
+    assert r["classes"] == vocab and r["unpaired"] == 1  # the last anchor carries two classes
+    assert r["n"].tolist() == [[0, 2, 1], [1, 0, 0], [0, 0, 0]]
+    acc = r["accuracy"]
+    assert (acc[0, 1], acc[0, 2], acc[1, 0]) == (0.5, 1.0, 1.0) and np.isnan(acc[2]).all()
+    with pytest.raises(ValueError, match="class matrices"):
+        M.class_pair_accuracy(correct, anchors[:, :2], negatives, vocab)
+
+
 def test_retrieval_metrics_hand_computed():
     emb = np.array([[0.0], [1.0], [2.0], [10.0]])
     label = ["A", "B", "A", "B"]
@@ -277,7 +292,17 @@ def test_evaluate_with_a_label_embedder(collection, tmp_path):
     for cond in res["conditions"]:
         for name in ("model", "noise"):
             assert 0.0 <= data["embedders"][name]["triplet_accuracy"][cond]["whole"] <= 1.0
-    for key in ("accuracy", "disentanglement"):
+    # class-pair breakdown: the label embedder orders every single-class triplet correctly
+    for cond in ("genre", "mood", "instrument"):
+        cp = model["class_pairs"][cond]
+        n = np.asarray(cp["n"])
+        assert n.sum() + cp["unpaired"] == res["num_triplets"][cond] and n.sum() > 0, cond
+        assert np.all(np.asarray(cp["accuracy"])[n > 0] == 1.0) and np.isnan(np.asarray(cp["accuracy"])[n == 0]).all()
+        assert np.trace(n) == 0  # an anchor and its negative never share the class
+    assert model["class_pairs"]["instrument"]["unpaired"] > 0  # t00, t05, t10, t15 carry two instruments
+    assert set(model["class_pairs"]) == {"genre", "mood", "instrument"}  # not tempo, not track
+    assert data["embedders"]["model"]["class_pairs"]["genre"]["classes"] == list(c["tables"].vocab["genre"])
+    for key in ("accuracy", "disentanglement", "class_pairs"):
         with open(paths[key], "rb") as f:
             assert f.read(8) == PNG_MAGIC
         assert os.path.getsize(paths[key]) > 5000
@@ -356,7 +381,9 @@ def test_evaluate_run_with_baselines_writes_report(run_dir):
             assert 0.0 <= r["precision_at_k"] <= 1.0 and 0.0 <= r["map"] <= 1.0, (name, cond)
     # each 1 s crop of a sine is the same sound: track triplets are easy for every MFCC baseline
     assert data["embedders"]["mfcc_stats"]["triplet_accuracy"]["track"]["whole"] > 0.9
-    for key in ("accuracy", "disentanglement"):
+    cp = data["embedders"]["model"]["class_pairs"]
+    assert set(cp) == {"genre", "mood", "instrument"} and all(sum(map(sum, v["n"])) > 0 for v in cp.values())
+    for key in ("accuracy", "disentanglement", "class_pairs"):
         with open(paths[key], "rb") as f:
             assert f.read(8) == PNG_MAGIC
 

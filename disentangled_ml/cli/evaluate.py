@@ -2,11 +2,12 @@
 
 Reports, per condition, triplet accuracy in the condition's own slice and on the
 whole embedding (Lee et al. 2020, Table 1), the disentanglement matrix (every
-condition's triplets measured in every slice), and retrieval precision@k and mAP
+condition's triplets measured in every slice), the accuracy of each label
+condition by (anchor's class, negative's class), and retrieval precision@k and mAP
 with track embeddings (the mean of up to --segments-per-track segments), for the
 trained model and for the baselines: MFCC-VQ (the paper's), MFCC statistics and
 the same network untrained. Writes RUN_DIR/eval_<split>/metrics.json,
-accuracy.png and disentanglement.png, and prints the tables.
+accuracy.png, disentanglement.png and class_pairs.png, and prints the tables.
 
 The model is RUN_DIR/embedding.keras, or --model: another .keras file or an
 export directory (with saved_model/, DESIGN.md contract 2). The prepared
@@ -104,5 +105,6 @@ def run(args: argparse.Namespace) -> int:
     if metrics["dropped_triplets"]:
         print(f"\n{metrics['dropped_triplets']} triplet(s) left out: {len(metrics['failed_tracks'])} track(s) "
               "could not be decoded (see metrics.json, failed_tracks).")
-    print("\nwrote " + ", ".join(paths[k] for k in ("metrics", "accuracy", "disentanglement") if k in paths))
+    print("\nwrote " + ", ".join(paths[k] for k in ("metrics", "accuracy", "disentanglement", "class_pairs")
+                              if k in paths))
     return 0

@@ -25,6 +25,7 @@ from disentangled_ml.data.labels import TEMPO, LabelTables
 
 __all__ = [
     "View", "project", "triplet_correct", "triplet_accuracy", "wilson_interval", "disentanglement_matrix",
+    "class_pair_accuracy",
     "retrieval_metrics", "relevance_matrix", "WHOLE", "DEFAULT_K", "DEFAULT_SEGMENTS_PER_TRACK",
 ]
 
@@ -177,6 +178,44 @@ def disentanglement_matrix(triplets_by_condition: Mapping[str, Tuple[np.ndarray,
         for j, view in enumerate(views):
             acc[i, j] = triplet_accuracy(a, p, n, view)
     return {"rows": rows, "columns": columns, "accuracy": acc}
+
+
+def class_pair_accuracy(correct: np.ndarray, anchor_classes: np.ndarray, negative_classes: np.ndarray,
+                        vocab: Sequence[str]) -> Dict[str, Any]:
+    """Triplet accuracy of one condition split by (anchor's class, negative's class).
+
+    Shows which classes a slice confuses: a low cell (a, b) means that triplets whose
+    anchor is an ``a`` and whose negative is a ``b`` are often ordered wrongly.
+    Only triplets whose anchor and negative carry exactly one class each are split
+    (a multi-tag track has no single class); the others are counted as ``unpaired``.
+
+    Args:
+        correct: bool ``[N]``, from :func:`triplet_correct`.
+        anchor_classes, negative_classes: bool ``[N, K]``: the class matrix rows
+            (:class:`~disentangled_ml.data.labels.LabelTables`) of each triplet's
+            anchor and negative track.
+        vocab: the K class names.
+
+    Returns:
+        ``{"classes": [K names], "accuracy": float [K, K] (NaN where no triplet),
+        "n": int [K, K], "unpaired": int}``; rows are the anchor's class, columns
+        the negative's.
+    """
+    correct = np.asarray(correct, dtype=bool)
+    a = np.asarray(anchor_classes, dtype=bool)
+    n = np.asarray(negative_classes, dtype=bool)
+    k = len(vocab)
+    if a.shape != (correct.size, k) or n.shape != (correct.size, k):
+        raise ValueError(f"class matrices must be [{correct.size}, {k}], got {a.shape} and {n.shape}.")
+    single = (a.sum(axis=1) == 1) & (n.sum(axis=1) == 1)
+    counts = np.zeros((k, k), dtype=np.int64)
+    hits = np.zeros((k, k), dtype=np.int64)
+    ia, ineg = a[single].argmax(axis=1), n[single].argmax(axis=1)
+    np.add.at(counts, (ia, ineg), 1)
+    np.add.at(hits, (ia, ineg), correct[single].astype(np.int64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+    return {"classes": list(vocab), "accuracy": acc, "n": counts, "unpaired": int((~single).sum())}
 
 
 def _sq_distances(q: np.ndarray, x: np.ndarray) -> np.ndarray:

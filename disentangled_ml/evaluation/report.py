@@ -140,6 +140,45 @@ def plot_disentanglement(metrics: Mapping[str, Any], path: str, embedder: str = 
     return True
 
 
+def plot_class_pairs(metrics: Mapping[str, Any], path: str, embedder: str = "model") -> bool:
+    """One heat map per label condition: ``embedder``'s triplet accuracy by (anchor's class, negative's class).
+
+    Returns:
+        False (and writes nothing) when that embedder has no class-pair breakdown.
+    """
+    emb = metrics["embedders"].get(embedder)
+    pairs = {c: v for c, v in (emb or {}).get("class_pairs", {}).items() if np.asarray(v["n"]).sum() > 0}
+    if not pairs:
+        return False
+    plt = _pyplot()
+    sizes = [len(v["classes"]) for v in pairs.values()]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(sum(0.75 * k + 2.0 for k in sizes), 0.75 * max(sizes) + 2.2),
+                             squeeze=False)
+    for col, (ax, (cond, v)) in enumerate(zip(axes[0], pairs.items())):
+        acc = np.array(v["accuracy"], dtype=float)
+        n = np.array(v["n"])
+        im = ax.imshow(np.ma.masked_invalid(acc), cmap="viridis", vmin=0.0, vmax=1.0)
+        for i in range(acc.shape[0]):
+            for j in range(acc.shape[1]):
+                if n[i, j]:
+                    ax.text(j, i, f"{acc[i, j]:.2f}\n{n[i, j]}", ha="center", va="center", fontsize=7,
+                            color="black" if acc[i, j] > 0.6 else "white")
+        ax.set_xticks(range(len(v["classes"])))
+        ax.set_xticklabels(v["classes"], rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(v["classes"])))
+        ax.set_yticklabels(v["classes"], fontsize=8)
+        ax.set_xlabel("negative's class")
+        if col == 0:
+            ax.set_ylabel("anchor's class")
+        ax.set_title(cond)
+    fig.colorbar(im, ax=list(axes[0]), fraction=0.03, pad=0.04)
+    fig.suptitle(f"triplet accuracy by class pair ({emb['label']}, {metrics.get('split', 'eval')} split; "
+                 "cell: accuracy, triplets)", fontsize=10)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
 def _fmt(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
 
@@ -176,11 +215,12 @@ def format_table(metrics: Mapping[str, Any]) -> str:
 
 
 def write_report(metrics: Mapping[str, Any], out_dir: str) -> Dict[str, str]:
-    """Write ``metrics.json``, ``accuracy.png`` and (when the model has one) ``disentanglement.png``.
+    """Write ``metrics.json``, ``accuracy.png`` and (when the model has them) ``disentanglement.png``
+    and ``class_pairs.png``.
 
     Returns:
-        ``{"metrics": path, "accuracy": path, "disentanglement": path}`` (the last
-        only when written).
+        ``{"metrics": path, "accuracy": path, "disentanglement": path, "class_pairs": path}``
+        (the last two only when written).
     """
     os.makedirs(out_dir, exist_ok=True)
     paths = {"metrics": os.path.join(out_dir, "metrics.json"), "accuracy": os.path.join(out_dir, "accuracy.png")}
@@ -191,4 +231,7 @@ def write_report(metrics: Mapping[str, Any], out_dir: str) -> Dict[str, str]:
     dis = os.path.join(out_dir, "disentanglement.png")
     if plot_disentanglement(metrics, dis, target):
         paths["disentanglement"] = dis
+    pairs = os.path.join(out_dir, "class_pairs.png")
+    if plot_class_pairs(metrics, pairs, target):
+        paths["class_pairs"] = pairs
     return paths

@@ -41,7 +41,8 @@ from disentangled_ml.data.eval_triplets import ROLES
 from disentangled_ml.data.manifest import Track
 from disentangled_ml.evaluation.embedders import EvaluationError
 from disentangled_ml.evaluation.metrics import (
-    DEFAULT_K, DEFAULT_SEGMENTS_PER_TRACK, View, disentanglement_matrix, relevance_matrix, retrieval_metrics, triplet_correct, wilson_interval,
+    DEFAULT_K, DEFAULT_SEGMENTS_PER_TRACK, View, class_pair_accuracy, disentanglement_matrix, relevance_matrix,
+    retrieval_metrics, triplet_correct, wilson_interval,
 )
 
 log = logging.getLogger(__name__)
@@ -295,6 +296,7 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
              "segments_per_track": int, "k": int,
              "embedders": {name: {"label": str, "dim": D, "sliced": bool,
                                   "triplet_accuracy": {cond: {"slice", "whole", "n", "slice_ci95", "whole_ci95"}},
+                                  "class_pairs": {label condition: {"classes", "accuracy", "n", "unpaired"}},
                                   "disentanglement": {"rows", "columns", "accuracy"} | None,
                                   "retrieval": {cond: {"precision_at_k", "map", "k", "queries",
                                                        "skipped_queries"} | None}}}}
@@ -357,15 +359,19 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
     dropped = len(triplets) - len(kept)
     if dropped:
         log.warning("%d evaluation triplet(s) use undecodable tracks and are left out.", dropped)
+    tables = tables if tables is not None else LabelTables.from_tracks(tracks, config)
     by_cond: Dict[str, Dict[str, np.ndarray]] = {}
+    pair_classes: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}  # label conditions: anchor / negative classes
     for cond in order:
         ts = [t for t in kept if str(t["condition"]) == cond]
         if ts:
             by_cond[cond] = {r: np.array([crops.index[(str(t[r]), int(t[f"{r}_start"]))] for t in ts]) for r in ROLES}
+            if cond in tables.vocab:
+                m = tables.classes[tables.conditions.index(cond)]
+                pair_classes[cond] = tuple(m[[row_of[str(t[r])] for t in ts]] for r in ("anchor", "negative"))
     if not by_cond:
         raise EvaluationError("evaluate: every evaluation triplet uses an undecodable track; see the warnings.")
 
-    tables = tables if tables is not None else LabelTables.from_tracks(tracks, config)
     r_rows = [r for r in rows if tracks[r].track_id in track_segments]
     relevance = {}
     for cond in config.conditions.names:
@@ -375,7 +381,7 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
     for spec in embedders:
         emb = crops.matrix(spec.name)
         trip = {c: tuple(emb[ix[r]] for r in ROLES) for c, ix in by_cond.items()}
-        acc = {}
+        acc, class_pairs = {}, {}
         for cond, (a, p, n) in trip.items():
             whole = triplet_correct(a, p, n)
             view_sliced = spec.views is not None and cond != TRACK_CONDITION
@@ -383,6 +389,9 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
             if spec.views is not None and cond == TRACK_CONDITION:
                 sl = whole  # track triplets live in the whole embedding (the paper's track regulariser)
             acc[cond] = _accuracy_entry(sl, whole)
+            if cond in pair_classes:
+                class_pairs[cond] = class_pair_accuracy(whole if sl is None else sl, *pair_classes[cond],
+                                                        tables.vocab[cond])
         matrix = disentanglement_matrix(trip, spec.columns) if spec.columns is not None else None
 
         track_emb = np.stack([emb[[crops.index[(tracks[r].track_id, s)] for s in track_segments[tracks[r].track_id]]]
@@ -398,7 +407,7 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
             retrieval[cond] = retrieval_metrics(track_emb[known], rel[known][:, known], k=k, dims=view)
         out_emb[spec.name] = {
             "label": spec.label, "dim": int(emb.shape[1]), "sliced": spec.views is not None,
-            "triplet_accuracy": acc, "disentanglement": matrix, "retrieval": retrieval,
+            "triplet_accuracy": acc, "class_pairs": class_pairs, "disentanglement": matrix, "retrieval": retrieval,
         }
     return {
         "conditions": list(by_cond),
