@@ -88,7 +88,9 @@ REJECTION_REASONS: Dict[str, str] = {
 }
 
 #: Bump when the content of cache entries changes meaning; old entries are then ignored.
-CACHE_FORMAT = 1
+#: 2: WAV/FLAC sample types come from libsndfile (32-bit integer WAV, once accepted as
+#: float32 and decoded to NaN, is now rejected).
+CACHE_FORMAT = 2
 #: Scale between float samples in [-1, 1] and the int16 of the audio cache.
 INT16_SCALE = 32767.0
 #: Tracks per TFRecord shard when ``shards`` is not given.
