@@ -35,10 +35,6 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-#: madmom's key and tempo models expect 44.1 kHz audio.
-MADMOM_RATE = 44100
-
-
 def mood_kind(anchor_mood: str, negative_mood: str) -> str:
     """Which of the synthesiser's mood factors differ between anchor and negative."""
     from disentangled_ml.synth import MOOD_FACTORS
@@ -76,11 +72,10 @@ def key_finding_mode_accuracy(collection: str, rows: Sequence[Mapping[str, str]]
     Returns:
         ``{"crop" | "track": {"accuracy": float, "n": int}}``.
     """
-    import librosa
-    from madmom.audio.signal import Signal
     from madmom.features.key import CNNKeyRecognitionProcessor, key_prediction_to_label
 
     from disentangled_ml.audio_io import load_audio
+    from disentangled_ml.data.tempo import madmom_signal
     from disentangled_ml.synth import MOOD_FACTORS
 
     recogniser = CNNKeyRecognitionProcessor()
@@ -90,8 +85,7 @@ def key_finding_mode_accuracy(collection: str, rows: Sequence[Mapping[str, str]]
         y = load_audio(os.path.join(collection, r["path"]), sample_rate)
         start = int(rng.integers(0, max(len(y) - segment_samples, 1)))
         for name, x in (("crop", y[start:start + segment_samples]), ("track", y)):
-            x = librosa.resample(x, orig_sr=sample_rate, target_sr=MADMOM_RATE)
-            key = key_prediction_to_label(recogniser(Signal(x, sample_rate=MADMOM_RATE)))  # e.g. "A minor"
+            key = key_prediction_to_label(recogniser(madmom_signal(x, sample_rate)))  # e.g. "A minor"
             hits[name].append(key.endswith(MOOD_FACTORS[r["mood"]][0]))
     return {k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in hits.items()}
 

@@ -50,6 +50,23 @@ def _processors(min_bpm: float, max_bpm: float) -> tuple:
     return _PROCESSORS[key]
 
 
+def madmom_signal(signal: np.ndarray, sample_rate: int):
+    """A mono float32 waveform as the 44.1 kHz ``madmom.audio.signal.Signal`` madmom's networks expect.
+
+    Resampled with soxr when ``sample_rate`` differs (module notes). Float input in
+    [-1, 1] matches madmom's own scaling of int16 files (its STFT divides integer
+    signals by their full scale).
+    """
+    from madmom.audio.signal import Signal
+
+    signal = np.asarray(signal).astype(np.float32, copy=False)
+    if sample_rate != MADMOM_SAMPLE_RATE:
+        import soxr
+
+        signal = soxr.resample(signal, sample_rate, MADMOM_SAMPLE_RATE).astype(np.float32, copy=False)
+    return Signal(signal, sample_rate=MADMOM_SAMPLE_RATE, num_channels=1)
+
+
 def estimate_tempo(signal: np.ndarray, sample_rate: int, min_bpm: float = 40.0,
                    max_bpm: float = 250.0) -> Optional[float]:
     """Estimate the dominant tempo of a mono signal with madmom (an estimate, not ground truth).
@@ -79,17 +96,8 @@ def estimate_tempo(signal: np.ndarray, sample_rate: int, min_bpm: float = 40.0,
         raise ValueError(f"estimate_tempo needs a mono signal of shape [num_samples], got shape {signal.shape}.")
     if sample_rate <= 0:
         raise ValueError(f"estimate_tempo: sample_rate must be a positive number of Hz, got {sample_rate}.")
-    signal = signal.astype(np.float32, copy=False)
-    if sample_rate != MADMOM_SAMPLE_RATE:
-        import soxr
-
-        signal = soxr.resample(signal, sample_rate, MADMOM_SAMPLE_RATE).astype(np.float32, copy=False)
-    from madmom.audio.signal import Signal
-
     beats, tempo = _processors(min_bpm, max_bpm)
-    # float input in [-1, 1] matches madmom's own scaling of int16 files (its STFT
-    # divides integer signals by their full scale).
-    activations = beats(Signal(signal, sample_rate=MADMOM_SAMPLE_RATE, num_channels=1))
+    activations = beats(madmom_signal(signal, sample_rate))
     tempi = tempo(activations)  # [[bpm, strength], ...], strongest first
     if len(tempi) == 0 or not np.isfinite(tempi[0, 0]):
         return None
