@@ -7,15 +7,16 @@ already splits every label condition's triplets by (anchor's class, negative's
 class) (``class_pairs`` in its ``metrics.json``); this script sums those cells by
 which factors differ, which shows what the mood slice has learnt.
 
-``--key-finding N`` also measures how much mode the audio carries for the field's key
-recogniser, madmom's ``CNNKeyRecognitionProcessor`` (Korzeniowski & Widmer 2018; 24
-keys): on one random 3 s crop and on the whole track, for N tracks of
-``--collection``, scored on major/minor only. The synthesiser draws its chords from
-the natural minor scale, whose triads are exactly those of the relative major, so
-audio that does not show which chord is the tonic is ambiguous.
+``--chord-recognition N`` also measures how much mode the audio carries for the
+field's chord recogniser, madmom's CNN chord features + CRF (Korzeniowski & Widmer
+2016; major/minor triads in 12 roots, or no chord): on one random 3 s crop and on
+the whole track, for N tracks of ``--collection``, the mode is read as whichever of
+major or minor chords lasts longer. A key recogniser is the wrong probe here: the
+minor mode's i, iv, v (natural minor) are the relative major's vi, ii, iii, so it
+reads a minor progression as the relative major key while every chord is minor.
 
     python benchmarks/synth_factors.py --metrics RUN_DIR/eval_test/metrics.json [--embedder model]
-        [--collection SYNTH_DIR --key-finding 60] [--out benchmarks/results/synth_factors.json]
+        [--collection SYNTH_DIR --chord-recognition 60] [--out benchmarks/results/synth_factors.json]
 
 Writes the JSON and prints the table.
 """
@@ -65,28 +66,37 @@ def mood_factor_accuracy(class_pairs: Mapping[str, object]) -> Dict[str, Dict[st
     return {k: {"accuracy": hits[k] / counts[k], "n": counts[k]} for k in sorted(counts)}
 
 
-def key_finding_mode_accuracy(collection: str, rows: Sequence[Mapping[str, str]], sample_rate: int,
-                              segment_samples: int, seed: int = 0) -> Dict[str, Dict[str, float]]:
-    """Major/minor accuracy of madmom's key recogniser on a random crop and on the whole track.
+def chord_mode_accuracy(collection: str, rows: Sequence[Mapping[str, str]], sample_rate: int,
+                        segment_samples: int, seed: int = 0) -> Dict[str, Dict[str, float]]:
+    """Mode accuracy of madmom's chord recogniser on a random crop and on the whole track.
+
+    The mode read from a piece of audio is "major" when major chords last longer than
+    minor ones in madmom's chord segments (no-chord segments are ignored).
 
     Returns:
         ``{"crop" | "track": {"accuracy": float, "n": int}}``.
     """
-    from madmom.features.key import CNNKeyRecognitionProcessor, key_prediction_to_label
+    from madmom.features.chords import CNNChordFeatureProcessor, CRFChordRecognitionProcessor
+    from madmom.processors import SequentialProcessor
 
     from disentangled_ml.audio_io import load_audio
     from disentangled_ml.data.tempo import madmom_signal
     from disentangled_ml.synth import MOOD_FACTORS
 
-    recogniser = CNNKeyRecognitionProcessor()
+    recogniser = SequentialProcessor([CNNChordFeatureProcessor(), CRFChordRecognitionProcessor()])
     rng = np.random.default_rng(seed)
     hits: Dict[str, List[bool]] = collections.defaultdict(list)
     for r in rows:
         y = load_audio(os.path.join(collection, r["path"]), sample_rate)
         start = int(rng.integers(0, max(len(y) - segment_samples, 1)))
         for name, x in (("crop", y[start:start + segment_samples]), ("track", y)):
-            key = key_prediction_to_label(recogniser(madmom_signal(x, sample_rate)))  # e.g. "A minor"
-            hits[name].append(key.endswith(MOOD_FACTORS[r["mood"]][0]))
+            seconds = {"maj": 0.0, "min": 0.0}
+            for begin, end, label in recogniser(madmom_signal(x, sample_rate)):  # e.g. (0.0, 1.9, "A:min")
+                quality = str(label).rpartition(":")[2]
+                if quality in seconds:
+                    seconds[quality] += float(end - begin)
+            heard = "major" if seconds["maj"] > seconds["min"] else "minor"
+            hits[name].append(heard == MOOD_FACTORS[r["mood"]][0])
     return {k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in hits.items()}
 
 
@@ -94,13 +104,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--metrics", required=True, help="metrics.json written by dml evaluate")
     p.add_argument("--embedder", default="model", help="which embedder of the metrics to read")
-    p.add_argument("--collection", help="the synthetic collection (manifest.csv and audio), for --key-finding")
-    p.add_argument("--key-finding", type=int, default=0, metavar="N",
-                   help="also run key finding on N tracks of --collection (0: skip)")
+    p.add_argument("--collection", help="the synthetic collection (manifest.csv and audio), for --chord-recognition")
+    p.add_argument("--chord-recognition", type=int, default=0, metavar="N",
+                   help="also run madmom's chord recogniser on N tracks of --collection (0: skip)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "synth_factors.json"))
     args = p.parse_args(argv)
-    if args.key_finding and not args.collection:
-        p.error("--key-finding needs --collection")
+    if args.chord_recognition and not args.collection:
+        p.error("--chord-recognition needs --collection")
 
     from disentangled_ml.config import FrontendConfig
 
@@ -115,16 +125,15 @@ def main(argv=None) -> int:
     print(f"mood triplets of {args.embedder} ({args.metrics}):")
     for kind, v in result["mood_by_factor"].items():
         print(f"  {kind:28s} {v['accuracy']:.3f}  (n={v['n']})")
-    if args.key_finding:
+    if args.chord_recognition:
         with open(os.path.join(args.collection, "manifest.csv"), newline="") as f:
             rows = list(csv.DictReader(f))
         rng = np.random.default_rng(0)
-        sample = [rows[i] for i in rng.choice(len(rows), min(args.key_finding, len(rows)), replace=False)]
+        sample = [rows[i] for i in rng.choice(len(rows), min(args.chord_recognition, len(rows)), replace=False)]
         fe = FrontendConfig()
-        result["key_finding_mode_accuracy"] = key_finding_mode_accuracy(args.collection, sample, fe.sample_rate,
-                                                                        fe.segment_samples)
-        print("madmom key recogniser, major/minor accuracy (3 s crop, whole track):",
-              {k: round(v["accuracy"], 3) for k, v in result["key_finding_mode_accuracy"].items()})
+        result["chord_mode_accuracy"] = chord_mode_accuracy(args.collection, sample, fe.sample_rate, fe.segment_samples)
+        print("madmom chord recogniser, major/minor accuracy (3 s crop, whole track):",
+              {k: round(v["accuracy"], 3) for k, v in result["chord_mode_accuracy"].items()})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

@@ -11,11 +11,12 @@ model that confuses them is caught:
   synthesis in every genre, so genre cannot be read off timbre alone.
 * **mood** (:data:`MOODS`): major or minor harmony crossed with the brightness
   (spectral roll-off) of the accompaniment: happy = major & bright, tender =
-  major & dark, tense = minor & bright, sad = minor & dark. Brightness is
-  audible in any crop; mode is not always: the chords come from the natural
-  minor scale, whose triads are those of the relative major, so only which
-  chord acts as the tonic tells the modes apart, and a 3 s crop may not show
-  it (``benchmarks/synth_factors.py`` measures both).
+  major & dark, tense = minor & bright, sad = minor & dark. Both factors are
+  audible in any crop: brightness in the accompaniment's spectrum, mode in
+  the quality of every chord, because the progressions use only the primary
+  chords (I, IV, V: major triads; i, iv, v in natural minor: minor triads),
+  with the same degree patterns in both modes
+  (``benchmarks/synth_factors.py`` measures each factor separately).
 * **instrument** (:data:`INSTRUMENTS`): the lead melody's timbre, i.e. its
   harmonic profile and amplitude envelope. The melody's rhythm is drawn the same
   way for every instrument and genre.
@@ -76,13 +77,18 @@ MANIFEST_NAME: str = "manifest.csv"
 
 _MAJOR = np.array([0, 2, 4, 5, 7, 9, 11])
 _MINOR = np.array([0, 2, 3, 5, 7, 8, 10])  # natural minor
-# Four-bar progressions in scale degrees (0 = tonic), drawn independently of genre.
-_PROGRESSIONS = {
-    "major": ((0, 4, 5, 3), (0, 3, 4, 3), (0, 5, 3, 4), (1, 4, 0, 0), (0, 3, 0, 4)),
-    "minor": ((0, 5, 2, 6), (0, 3, 4, 0), (0, 6, 5, 6), (0, 3, 6, 2), (0, 5, 3, 4)),
-}
+# Four-bar progressions in scale degrees (0 = tonic), drawn independently of genre and mode.
+# Only the primary chords: in major they are all major triads (major-seventh / dominant-seventh
+# chords in jazz), in natural minor all minor triads (minor sevenths), so every chord in a 3 s crop
+# carries the mode. Version 1 of the synthesiser also used ii/iii/vi and III/VI/VII, whose triads
+# the two modes share, so the mode was audible only in whole tracks (mood ceiling ~0.82 on crops,
+# benchmarks/RESULTS.md).
+_PROGRESSIONS = ((0, 3, 4, 0), (0, 4, 3, 0), (0, 0, 3, 4), (0, 3, 0, 4), (0, 4, 0, 3))
 #: Mood -> (mode, bright accompaniment): the two factors the synthesiser renders for a mood.
 MOOD_FACTORS = {"happy": ("major", True), "tender": ("major", False), "tense": ("minor", True), "sad": ("minor", False)}
+#: Bumped whenever the same seed renders different audio (2: primary chords only, so mode is
+#: audible in every crop). Figures in benchmarks/RESULTS.md name the version they were made with.
+SYNTH_VERSION: int = 2
 _TRACK_ID = "synth_{:04d}"
 _TABLE = 2048  # wavetable length in samples; one period
 
@@ -606,7 +612,7 @@ def render_track(spec: TrackSpec, seed: int) -> np.ndarray:
     rng = _rng(seed, spec.index, 1)
     mode, bright = MOOD_FACTORS[spec.mood]
     harmony = _Harmony(key=spec.key, scale=_MAJOR if mode == "major" else _MINOR,
-                       progression=_PROGRESSIONS[mode][int(rng.integers(len(_PROGRESSIONS[mode])))])
+                       progression=_PROGRESSIONS[int(rng.integers(len(_PROGRESSIONS)))])
     n = spec.num_samples
     tail = int(2.0 * SAMPLE_RATE)  # notes that start near the end ring into the tail, which is cut
     parts = {name: np.zeros(n + tail) for name in ("drums", "bass", "acc", "lead")}
