@@ -210,6 +210,38 @@ def _make_average(strategy: tf.distribute.Strategy, variables: Sequence[Any]) ->
     return average
 
 
+class AverageMovingStatistics(keras.callbacks.Callback):
+    """Average the batch-norm moving statistics across replicas inside ``model.fit``.
+
+    Under ``MirroredStrategy`` (one machine, several GPUs) Keras 3 leaves each
+    replica its own copy of the moving statistics (see the module docstring), and
+    saving writes replica 0's copy, which has seen only 1/N of the batches. This
+    averages the copies before every validation pass and at every epoch end, so
+    validation, checkpoints and the exported model all use the statistics of the
+    whole global batch, as in the multi-worker loop. Put it before the callbacks
+    that save. A no-op with one replica.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        super().__init__()
+        self._strategy = strategy
+        self._average: Optional[Callable[[], None]] = None
+
+    def on_train_begin(self, logs=None):
+        if self._strategy.num_replicas_in_sync > 1:
+            self._average = _make_average(self._strategy, _moving_statistics(self.model))
+
+    def _run(self):
+        if self._average is not None:
+            self._average()
+
+    def on_test_begin(self, logs=None):
+        self._run()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._run()
+
+
 # --------------------------------------------------------------------------- steps
 
 def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model) -> Callable[[Any], tf.Tensor]:

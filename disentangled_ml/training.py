@@ -437,7 +437,10 @@ def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verb
     # BackupAndRestore state last. A kill between two of them then repeats at most one epoch's
     # history row instead of losing it; double_checkpoint keeps the previous backup in case the
     # kill lands inside the backup write itself.
-    callbacks = [lr_logger] + ([_DecodeStatsLogger(decode_stats)] if decode_stats is not None else []) + [
+    # With several GPUs the replicas' batch-norm statistics are averaged first, before anything
+    # reads or saves them.
+    callbacks = [distributed.AverageMovingStatistics(strategy), lr_logger] + (
+        [_DecodeStatsLogger(decode_stats)] if decode_stats is not None else []) + [
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
         _AtomicCheckpoints(os.path.join(ckpt_dir, "last.keras"), os.path.join(run_dir, "best.keras"),
