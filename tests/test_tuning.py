@@ -319,3 +319,67 @@ def test_distributed_chief_and_two_workers(prepared, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "4 of 4 trial(s) completed" in out.stdout
+
+
+def test_distributed_search_survives_a_killed_worker(prepared, tmp_path):
+    # worker1 is killed while it trains trial 0; after the lease the chief puts that trial back in
+    # the queue, worker0 (started only then) reruns it and trains trial 1, and the chief exits
+    # instead of waiting for worker1 forever.
+    prepared_dir, cfg, _ = prepared
+    cfg_path = str(tmp_path / "slower.json")
+    cfg.replace(**{"train.steps_per_epoch": 40}).to_json(cfg_path)  # trials of several seconds
+    tune = str(tmp_path / "tune")
+    port = _free_port()
+    base = [sys.executable, "-m", "disentangled_ml", "tune", prepared_dir, "--out", tune, "--config", cfg_path,
+            "--max-trials", "2", "--seed", "5", "--quiet", "--oracle-ip", "127.0.0.1", "--oracle-port", str(port),
+            "--connect-timeout", "120", "--heartbeat", "0.5", "--worker-lease", "4"]
+    logs = {name: open(tmp_path / f"{name}.log", "w+") for name in ("chief", "worker0", "worker1")}
+    procs = {}
+
+    def wait_for(condition, what, timeout_s=240):
+        deadline = time.time() + timeout_s
+        while not condition():
+            for name, p in procs.items():
+                if p.poll() is not None and not (name == "worker1" and p.returncode == -signal.SIGKILL):
+                    logs[name].seek(0)
+                    pytest.fail(f"{name} ended ({p.returncode}) while waiting for {what}:\n{logs[name].read()[-3000:]}")
+            assert time.time() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)
+
+    def chief_log():
+        with open(tmp_path / "chief.log") as f:
+            return f.read()
+
+    try:
+        procs["chief"] = subprocess.Popen(base + ["--chief"], env=ENV, stdout=logs["chief"], stderr=subprocess.STDOUT)
+        procs["worker1"] = subprocess.Popen(base + ["--worker", "1"], env=ENV, stdout=logs["worker1"],
+                                            stderr=subprocess.STDOUT)
+        began = os.path.join(tune, PROJECT_NAME, "trial_0", "executions.jsonl")
+        wait_for(lambda: os.path.isfile(began) and os.path.getsize(began) > 0, "worker1 to begin trial 0")
+        procs["worker1"].kill()
+        procs["worker1"].wait()
+        wait_for(lambda: "goes back to the queue" in chief_log(), "the chief to release trial 0")
+        procs["worker0"] = subprocess.Popen(base + ["--worker", "0"], env=ENV, stdout=logs["worker0"],
+                                            stderr=subprocess.STDOUT)
+        for name in ("worker0", "chief"):
+            procs[name].wait(timeout=240)
+            logs[name].seek(0)
+            assert procs[name].returncode == 0, f"{name} failed:\n" + logs[name].read()[-3000:]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in logs.values():
+            f.close()
+
+    trials = _trials(tune)
+    assert sorted(trials) == ["0", "1"] and all(t["status"] == "COMPLETED" for t in trials.values()), trials
+    runs = [(e["event"], e["tuner_id"]) for e in _executions(tune, "0")]
+    assert runs == [("begin", "tuner1"), ("begin", "tuner0"), ("end", "tuner0")], runs
+    assert [(e["event"], e["tuner_id"]) for e in _executions(tune, "1")] == [("begin", "tuner0"), ("end", "tuner0")]
+    # worker0's trials outlast the lease; its heartbeats kept them
+    took = [e["time"] for e in _executions(tune, "1")]
+    assert took[1] - took[0] > 4, took
+    log = chief_log()
+    assert "no word from tuner1" in log and "no word from tuner0" not in log, log[-3000:]

@@ -27,6 +27,16 @@ train them. All of them must see the same TUNE_DIR (one machine, or a shared fil
 system): the data is prepared once under a file lock, and every trial writes its own
 folder. keras-tuner reads the role from ``KERASTUNER_TUNER_ID`` / ``KERASTUNER_ORACLE_IP`` /
 ``KERASTUNER_ORACLE_PORT``; :func:`run_search` sets them for the role it is given.
+
+A worker that dies does not stall the search: while a worker trains a trial it pings
+the chief every ``heartbeat_s`` (default 10 s); when the chief has not heard from a
+worker for ``worker_lease_s`` (default 600 s) it puts that worker's trial back in
+keras-tuner's retry queue, where the next worker that asks for a trial (another one,
+or the same id restarted) runs it again from its start, and it stops waiting for that
+worker before it exits. keras-tuner alone keeps the trial assigned to the dead worker's
+id and the chief waits for it forever. Keep the lease well above the heartbeat: a
+live worker whose trial was given away (e.g. behind a network partition longer than
+the lease) would still finish and report it.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import math
 import os
 import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
@@ -61,6 +72,8 @@ log = logging.getLogger(__name__)
 TUNERS = ("random", "bayesian", "hyperband")
 PROJECT_NAME = "search"  # fixed, so a rerun finds (and resumes) the same keras-tuner project
 ROLES = (None, "chief", "worker")
+HEARTBEAT_S = 10.0  # how often a worker pings the chief while it trains a trial
+WORKER_LEASE_S = 600.0  # silence after which the chief gives a worker's trial to another worker
 HYPERBAND_FACTOR = 3
 _ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 
@@ -83,6 +96,9 @@ class _TunerMixin:
     """
 
     tensorboard_dir: str
+    heartbeat_s: float = HEARTBEAT_S  # a worker's ping interval (see the module notes)
+    worker_lease_s: float = WORKER_LEASE_S  # the chief's patience with a silent worker
+    _heartbeat: Optional["_Heartbeat"] = None
 
     def on_search_begin(self):
         super().on_search_begin()
@@ -110,8 +126,13 @@ class _TunerMixin:
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
         self._record_execution(trial, "begin")
+        if os.environ.get("KERASTUNER_ORACLE_IP"):  # a distributed worker: the oracle is the chief's
+            self._heartbeat = _Heartbeat(self.oracle, trial.trial_id, self.heartbeat_s)
 
     def on_trial_end(self, trial):
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         self._record_execution(trial, "end")
         super().on_trial_end(trial)
 
@@ -122,7 +143,8 @@ class _TunerMixin:
             if "verbose" in fit_kwargs:
                 self.oracle.verbose = fit_kwargs["verbose"]
             self.save()
-            _serve_oracle(self.oracle, os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
+            _serve_oracle(self.oracle, os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"],
+                          lease_s=self.worker_lease_s)
             return
         super().search(*fit_args, **fit_kwargs)
 
@@ -139,16 +161,101 @@ class _Hyperband(_TunerMixin, keras_tuner.Hyperband):
     pass
 
 
-def _serve_oracle(oracle, ip: str, port: str, poll_s: float = 1.0) -> None:
-    """Serve ``oracle`` over gRPC until every trial has ended and every worker was told to stop."""
+class _Heartbeat:
+    """A daemon thread that pings the chief (``GetTrial``) every ``interval_s`` while a trial trains."""
+
+    def __init__(self, oracle_client, trial_id: str, interval_s: float):
+        self._stop = threading.Event()
+
+        def beat():
+            while not self._stop.wait(interval_s):
+                try:
+                    oracle_client.get_trial(trial_id)
+                except Exception as e:  # a missed beat is harmless; the lease is many beats long
+                    log.debug("heartbeat for trial %s failed: %s", trial_id, e)
+
+        self._thread = threading.Thread(target=beat, name=f"tuner-heartbeat-{trial_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
+def _lease_servicer(oracle):
+    """keras-tuner's ``OracleServicer`` that also records when each worker (tuner id) was last heard."""
+    from keras_tuner.src.distribute.oracle_chief import OracleServicer
+
+    class LeaseServicer(OracleServicer):
+        def __init__(self, oracle):
+            super().__init__(oracle)
+            self.last_heard: Dict[str, float] = {}
+
+        def _heard_about(self, trial_id: str) -> None:
+            for tuner_id, trial in list(self.oracle.ongoing_trials.items()):
+                if trial.trial_id == trial_id:
+                    self.last_heard[tuner_id] = time.monotonic()
+
+        def CreateTrial(self, request, context):
+            self.last_heard[request.tuner_id] = time.monotonic()
+            return super().CreateTrial(request, context)
+
+        def UpdateTrial(self, request, context):
+            self._heard_about(request.trial_id)
+            return super().UpdateTrial(request, context)
+
+        def EndTrial(self, request, context):
+            self._heard_about(request.trial.trial_id)
+            return super().EndTrial(request, context)
+
+        def GetTrial(self, request, context):
+            self._heard_about(request.trial_id)
+            return super().GetTrial(request, context)
+
+    return LeaseServicer(oracle)
+
+
+@keras_tuner.synchronized
+def _release_silent_workers(oracle, last_heard: Dict[str, float], lease_s: float) -> List[str]:
+    """Requeue the trials of workers silent for more than ``lease_s`` and stop waiting for them.
+
+    A worker the chief has never heard from in this process (e.g. one that held a trial
+    when an earlier chief stopped) gets a lease from now. Returns the released tuner ids.
+    """
+    now = time.monotonic()
+    released = []
+    for tuner_id in sorted(set(oracle.tuner_ids) | set(oracle.ongoing_trials)):
+        silent = now - last_heard.setdefault(tuner_id, now)
+        if silent <= lease_s:
+            continue
+        trial = oracle.ongoing_trials.pop(tuner_id, None)
+        oracle.tuner_ids.discard(tuner_id)
+        last_heard.pop(tuner_id, None)
+        if trial is not None:
+            oracle._retry_queue.append(trial.trial_id)  # create_trial hands these out first
+            log.warning("chief: no word from %s for %.0f s; trial %s goes back to the queue for the next worker",
+                        tuner_id, silent, trial.trial_id)
+        else:
+            log.warning("chief: no word from %s for %.0f s; not waiting for it any more", tuner_id, silent)
+        released.append(tuner_id)
+    if released:
+        oracle.save()
+    return released
+
+
+def _serve_oracle(oracle, ip: str, port: str, poll_s: float = 1.0, lease_s: float = WORKER_LEASE_S) -> None:
+    """Serve ``oracle`` over gRPC until every trial has ended and every worker was told to stop.
+
+    Workers silent for more than ``lease_s`` seconds are released (:func:`_release_silent_workers`).
+    """
     from concurrent import futures
 
     import grpc
     from keras_tuner.src import protos
-    from keras_tuner.src.distribute.oracle_chief import OracleServicer, exit_chief
+    from keras_tuner.src.distribute.oracle_chief import exit_chief
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    servicer = OracleServicer(oracle)
+    servicer = _lease_servicer(oracle)
     protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
     try:
         bound = server.add_insecure_port(f"{ip}:{port}")
@@ -164,6 +271,7 @@ def _serve_oracle(oracle, ip: str, port: str, poll_s: float = 1.0) -> None:
     try:
         while not (servicer.stop_triggered and exit_chief(oracle)):
             time.sleep(poll_s)
+            _release_silent_workers(oracle, servicer.last_heard, lease_s)
     finally:
         server.stop(grace=2.0)
 
@@ -324,7 +432,8 @@ def run_search(prepared_dir: str, tune_dir: str, base_config: Optional[Config] =
                space: Optional[SearchSpace] = None, tuner: str = "random", max_trials: Optional[int] = 10,
                seed: int = 1, role: Optional[str] = None, worker_id: Optional[int] = None,
                oracle_ip: Optional[str] = None, oracle_port: Optional[int] = None, verbose: int = 1,
-               connect_timeout_s: float = 600.0) -> "SearchSummary":
+               connect_timeout_s: float = 600.0, heartbeat_s: float = HEARTBEAT_S,
+               worker_lease_s: float = WORKER_LEASE_S) -> "SearchSummary":
     """Run (or resume, or join) a hyperparameter search.
 
     Parameters
@@ -354,6 +463,11 @@ def run_search(prepared_dir: str, tune_dir: str, base_config: Optional[Config] =
         per epoch.
     connect_timeout_s : float
         How long a worker waits for the chief to answer before giving up, in seconds.
+    heartbeat_s : float
+        A worker's ping interval while it trains a trial, in seconds.
+    worker_lease_s : float
+        The chief's patience with a silent worker, in seconds (see the module notes);
+        keep it several heartbeats long.
 
     Returns
     -------
@@ -376,6 +490,9 @@ def run_search(prepared_dir: str, tune_dir: str, base_config: Optional[Config] =
     if tuner != "hyperband" and (isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1):
         raise ConfigError(f"max_trials={max_trials!r} is invalid: expected an integer >= 1.")
     _check_role(role, worker_id, oracle_ip, oracle_port)
+    for name, value in (("heartbeat_s", heartbeat_s), ("worker_lease_s", worker_lease_s)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{name}={value!r} is invalid: expected a positive number of seconds.")
     if base_config is not None:
         parse_objective(space.objective, base_config)  # fail before any data work
 
@@ -393,6 +510,7 @@ def run_search(prepared_dir: str, tune_dir: str, base_config: Optional[Config] =
     with _role_environment(role, worker_id, oracle_ip, oracle_port):
         t = make_tuner(tuner, hypermodel, tune_dir, None if tuner == "hyperband" else max_trials, seed,
                        tensorboard_dir)
+        t.heartbeat_s, t.worker_lease_s = float(heartbeat_s), float(worker_lease_s)
         if role != "worker":
             _write_hparams_experiment(tensorboard_dir, hypermodel)
         callbacks = hypermodel.callbacks(verbose=1 if verbose else 0) + [

@@ -76,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --chief/--worker: the chief's TCP port")
     parser.add_argument("--connect-timeout", type=float, default=600.0, metavar="SECONDS",
                         help="with --worker: how long to wait for the chief to answer, in seconds")
+    parser.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
+                        help="with --worker: how often to tell the chief this worker is alive while it trains")
+    parser.add_argument("--worker-lease", type=float, default=600.0, metavar="SECONDS",
+                        help="with --chief: after this long without word from a worker, give its trial to the next "
+                             "worker that asks (or to the same --worker ID restarted) and stop waiting for it; keep "
+                             "it several heartbeats long")
     parser.add_argument("--quiet", action="store_true", help="no per-trial display or Keras progress lines")
 
 
@@ -128,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         summary = run_search(args.prepared_dir, args.out, cfg, space, tuner=args.tuner, max_trials=max_trials,
                              seed=args.seed, role=role, worker_id=args.worker,
                              oracle_ip=args.oracle_ip if role else None, oracle_port=args.oracle_port,
-                             verbose=0 if args.quiet else 2, connect_timeout_s=args.connect_timeout)
+                             verbose=0 if args.quiet else 2, connect_timeout_s=args.connect_timeout,
+                             heartbeat_s=args.heartbeat, worker_lease_s=args.worker_lease)
     except (ConfigError, ManifestError) as e:
         raise CliError(str(e)) from None
     if role == "worker":
