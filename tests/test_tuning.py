@@ -272,6 +272,16 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _stop_all(procs, logs):
+    """Kill what still runs of ``procs`` and close their log files."""
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for f in logs.values():
+        f.close()
+
+
 def test_distributed_chief_and_two_workers(prepared, tmp_path):
     prepared_dir, _, cfg_path = prepared
     tune = str(tmp_path / "tune")
@@ -293,12 +303,7 @@ def test_distributed_chief_and_two_workers(prepared, tmp_path):
             logs[name].seek(0)
             assert p.returncode == 0, f"{name} failed:\n" + logs[name].read()[-3000:]
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in logs.values():
-            f.close()
+        _stop_all(procs, logs)
 
     trials = _trials(tune)
     assert sorted(trials) == ["0", "1", "2", "3"]
@@ -366,12 +371,7 @@ def test_distributed_search_survives_a_killed_worker(prepared, tmp_path):
             logs[name].seek(0)
             assert procs[name].returncode == 0, f"{name} failed:\n" + logs[name].read()[-3000:]
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in logs.values():
-            f.close()
+        _stop_all(procs, logs)
 
     trials = _trials(tune)
     assert sorted(trials) == ["0", "1"] and all(t["status"] == "COMPLETED" for t in trials.values()), trials
