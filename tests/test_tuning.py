@@ -121,6 +121,10 @@ def test_config_for_and_tuner_errors(tmp_path):
         run_search("nowhere", str(tmp_path / "t"), cfg, role="worker", worker_id=0)
     with pytest.raises(ConfigError, match="unknown condition"):
         run_search("nowhere", str(tmp_path / "t"), cfg, SearchSpace(objective="timbre"))
+    with pytest.raises(ConfigError, match="worker_lease_s=0"):
+        run_search("nowhere", str(tmp_path / "t"), cfg, worker_lease_s=0)
+    with pytest.raises(ConfigError, match="heartbeat_s=nan"):
+        run_search("nowhere", str(tmp_path / "t"), cfg, heartbeat_s=float("nan"))
 
 
 @pytest.mark.parametrize("argv, message", [
