@@ -70,33 +70,21 @@ def chord_mode_accuracy(collection: str, rows: Sequence[Mapping[str, str]], samp
                         segment_samples: int, seed: int = 0) -> Dict[str, Dict[str, float]]:
     """Mode accuracy of madmom's chord recogniser on a random crop and on the whole track.
 
-    The mode read from a piece of audio is "major" when major chords last longer than
-    minor ones in madmom's chord segments (no-chord segments are ignored).
+    The mode read from a piece of audio is :func:`disentangled_ml.synth.mode_heard`.
 
     Returns:
         ``{"crop" | "track": {"accuracy": float, "n": int}}``.
     """
-    from madmom.features.chords import CNNChordFeatureProcessor, CRFChordRecognitionProcessor
-    from madmom.processors import SequentialProcessor
-
     from disentangled_ml.audio_io import load_audio
-    from disentangled_ml.data.tempo import madmom_signal
-    from disentangled_ml.synth import MOOD_FACTORS
+    from disentangled_ml.synth import MOOD_FACTORS, mode_heard
 
-    recogniser = SequentialProcessor([CNNChordFeatureProcessor(), CRFChordRecognitionProcessor()])
     rng = np.random.default_rng(seed)
     hits: Dict[str, List[bool]] = collections.defaultdict(list)
     for r in rows:
         y = load_audio(os.path.join(collection, r["path"]), sample_rate)
         start = int(rng.integers(0, max(len(y) - segment_samples, 1)))
         for name, x in (("crop", y[start:start + segment_samples]), ("track", y)):
-            seconds = {"maj": 0.0, "min": 0.0}
-            for begin, end, label in recogniser(madmom_signal(x, sample_rate)):  # e.g. (0.0, 1.9, "A:min")
-                quality = str(label).rpartition(":")[2]
-                if quality in seconds:
-                    seconds[quality] += float(end - begin)
-            heard = "major" if seconds["maj"] > seconds["min"] else "minor"
-            hits[name].append(heard == MOOD_FACTORS[r["mood"]][0])
+            hits[name].append(mode_heard(x, sample_rate) == MOOD_FACTORS[r["mood"]][0])
     return {k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in hits.items()}
 
 

@@ -39,6 +39,7 @@ FFT convolution); :mod:`soundfile` writes the files.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -793,6 +794,37 @@ def synthesize_collection(out_dir: str, n_tracks: int, seed: int, min_seconds: f
     manifest = os.path.join(out_dir, MANIFEST_NAME)
     write_manifest(tracks, manifest, tag_columns=("genre", "mood", "instrument"))
     return manifest
+
+
+@functools.lru_cache(maxsize=1)
+def _chord_recogniser():
+    """madmom's CNN chord features + CRF, built once (it loads two networks)."""
+    from madmom.features.chords import CNNChordFeatureProcessor, CRFChordRecognitionProcessor
+    from madmom.processors import SequentialProcessor
+
+    return SequentialProcessor([CNNChordFeatureProcessor(), CRFChordRecognitionProcessor()])
+
+
+def mode_heard(y: np.ndarray, sample_rate: int) -> str:
+    """The mode madmom's chord recogniser hears in ``y``: "major" or "minor".
+
+    madmom's CNN chord features + CRF (Korzeniowski & Widmer 2016) label the audio as
+    major/minor triads in 12 roots or no chord; the mode is whichever of major or minor
+    chords lasts longer (no-chord segments are ignored). Used to check that the
+    synthesiser's mode is audible (tests, ``benchmarks/synth_factors.py``).
+
+    Args:
+        y: float32 mono audio, shape [samples].
+        sample_rate: of ``y``, in Hz.
+    """
+    from disentangled_ml.data.tempo import madmom_signal
+
+    seconds = {"maj": 0.0, "min": 0.0}
+    for begin, end, label in _chord_recogniser()(madmom_signal(y, sample_rate)):  # e.g. (0.0, 1.9, "A:min")
+        quality = str(label).rpartition(":")[2]
+        if quality in seconds:
+            seconds[quality] += float(end - begin)
+    return "major" if seconds["maj"] > seconds["min"] else "minor"
 
 
 def label_table(specs: Sequence[TrackSpec]) -> Dict[str, List[str]]:
