@@ -33,7 +33,7 @@ MODES = ("random", "in_batch_all", "in_batch_hard")
 def synthetic_batch(cfg, batch_size: int, seed: int = 0):
     """A training batch with the pipeline's keys (mel patches are noise: timing only)."""
     rng = np.random.default_rng(seed)
-    f, m = cfg.frontend.num_frames, cfg.frontend.n_mels
+    f, m = cfg.frontend.num_frames, cfg.frontend.n_bands
     x = {r: rng.standard_normal((batch_size, f, m)).astype(np.float32) for r in ("anchor", "positive", "negative")}
     c = len(cfg.conditions.names)
     x["condition"] = rng.integers(0, c + 1, batch_size).astype(np.int32)

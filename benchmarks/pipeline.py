@@ -76,6 +76,8 @@ def bench_librosa(tracks, config, n_triplets: int, seed: int = 0):
     """The naive reference: numpy mining + librosa decode and mel per crop, one triplet at a time."""
     import librosa
 
+    from disentangled_ml.features import log_mel_librosa
+
     fe = config.frontend
     rng = np.random.default_rng(seed)
     genre = [t.labels.get("genre", ()) for t in tracks]
@@ -84,9 +86,7 @@ def bench_librosa(tracks, config, n_triplets: int, seed: int = 0):
 
     def mel(path, offset):
         y, _ = librosa.load(path, sr=fe.sample_rate, mono=True, offset=offset, duration=seg)
-        s = librosa.feature.melspectrogram(y=y, sr=fe.sample_rate, n_fft=fe.n_fft, hop_length=fe.hop_length,
-                                           n_mels=fe.n_mels, center=False, power=fe.power)
-        return np.log10(1 + fe.log_multiplier * s)
+        return log_mel_librosa(y, fe)  # the same mel (and pitch) bands as the pipeline, in librosa
 
     t0 = time.perf_counter()
     for _ in range(n_triplets):
@@ -102,13 +102,13 @@ def bench_librosa(tracks, config, n_triplets: int, seed: int = 0):
 def bench_ceiling(config, batches: int):
     import tensorflow as tf
 
-    from disentangled_ml.features import log_mel, mel_filterbank
+    from disentangled_ml.features import filterbanks, log_mel
 
     fe = config.frontend
     b = config.train.batch_size
     x = tf.constant(np.random.default_rng(0).uniform(-0.5, 0.5, (3 * b, fe.segment_samples)).astype(np.float32))
-    mel = tf.constant(mel_filterbank(fe))
-    f = tf.function(lambda w: log_mel(w, fe, mel))
+    banks = filterbanks(fe, as_tensors=True)
+    f = tf.function(lambda w: log_mel(w, fe, banks))
     f(x).numpy()
     t0 = time.perf_counter()
     for _ in range(batches):
@@ -124,7 +124,7 @@ def bench_train_step(config, steps: int):
     fe = config.frontend
     b = config.train.batch_size
     rng = np.random.default_rng(0)
-    x = {k: tf.constant(rng.standard_normal((b, fe.num_frames, fe.n_mels)).astype(np.float32))
+    x = {k: tf.constant(rng.standard_normal((b, fe.num_frames, fe.n_bands)).astype(np.float32))
          for k in ("anchor", "positive", "negative")}
     x["condition"] = tf.constant(rng.integers(0, len(config.conditions.names) + 1, b).astype(np.int32))
     ds = tf.data.Dataset.from_tensors(x).repeat()

@@ -57,6 +57,16 @@ class FrontendConfig:
     # split by `dml prepare` (0 / 1 leaves the patch unscaled).
     norm_mean: float = 0.0
     norm_std: float = 1.0
+    # Pitch bands, appended to the mel bands (0 bands per octave = the paper's frontend
+    # alone). A log-frequency spectrogram: madmom's LogarithmicFilterbank, the input of
+    # its chord-recognition CNN, on a longer STFT centred on the same frames. The mel
+    # bands are 26 Hz wide below 1 kHz and the 1024-sample STFT's bins 21.5 Hz, wider
+    # than a semitone below ~370 Hz, so major and minor harmony look alike there; see
+    # README "Frontend" for the measurement that made this the default.
+    pitch_bands_per_octave: int = 24
+    pitch_n_fft: int = 4096  # samples (186 ms at 22,050 Hz: 5.4 Hz bins)
+    pitch_fmin: float = 65.0  # Hz (about C2)
+    pitch_fmax: float = 2100.0  # Hz (about C7)
 
     def __post_init__(self) -> None:
         _check(self.sample_rate >= 8000, "frontend.sample_rate", self.sample_rate, "an integer >= 8000 Hz")
@@ -73,6 +83,13 @@ class FrontendConfig:
         _check(self.norm_std > 0, "frontend.norm_std", self.norm_std, "> 0")
         if self.segment_samples < self.n_fft:
             raise ConfigError("config value frontend.segment_seconds is shorter than one STFT window (n_fft).")
+        _check(isinstance(self.pitch_bands_per_octave, int) and self.pitch_bands_per_octave >= 0,
+               "frontend.pitch_bands_per_octave", self.pitch_bands_per_octave, "an integer >= 0 (0 = no pitch bands)")
+        if self.pitch_bands_per_octave:
+            _check(self.pitch_n_fft >= self.n_fft and (self.pitch_n_fft & (self.pitch_n_fft - 1)) == 0,
+                   "frontend.pitch_n_fft", self.pitch_n_fft, f"a power of two >= n_fft ({self.n_fft})")
+            _check(0 < self.pitch_fmin < self.pitch_fmax <= self.sample_rate / 2, "frontend.pitch_fmin/pitch_fmax",
+                   (self.pitch_fmin, self.pitch_fmax), "0 < pitch_fmin < pitch_fmax <= sample_rate/2 Hz")
 
     @property
     def segment_samples(self) -> int:
@@ -83,6 +100,24 @@ class FrontendConfig:
     def num_frames(self) -> int:
         """Mel frames in one segment: 1 + (segment_samples - n_fft) // hop (no centre padding)."""
         return 1 + (self.segment_samples - self.n_fft) // self.hop_length
+
+    @property
+    def n_pitch_bands(self) -> int:
+        """Pitch bands after the mel bands (0 when ``pitch_bands_per_octave`` is 0).
+
+        madmom merges the log-spaced filters that fall on the same STFT bin, so the
+        count comes from building the filterbank (cached), not from a formula.
+        """
+        if not self.pitch_bands_per_octave:
+            return 0
+        from disentangled_ml.features import pitch_filterbank  # lazy: features imports TensorFlow
+
+        return int(pitch_filterbank(self).shape[1])
+
+    @property
+    def n_bands(self) -> int:
+        """Frequency bands of the frontend's output: ``n_mels + n_pitch_bands``."""
+        return self.n_mels + self.n_pitch_bands
 
     @property
     def mel_fmax(self) -> float:
@@ -282,8 +317,12 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}.")
         sections = {}
+        legacy = _saved_before(d.get("version"), PITCH_BANDS_SINCE)
         for name, klass in _SECTIONS.items():
             values = dict(d.get(name, {}))
+            if legacy and name == "frontend":
+                # saved before pitch bands existed: its models were trained on mel bands alone
+                values.setdefault("pitch_bands_per_octave", 0)
             known = {f.name for f in dataclasses.fields(klass)}
             bad = set(values) - known
             if bad:
@@ -322,6 +361,21 @@ class Config:
         d = self.to_dict()
         d.pop("version")
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+#: The package version whose frontend added pitch bands by default. A config saved by an
+#: older version (its "version" key) lacks the field and means the mel bands alone; a
+#: config without a "version" key (one a user wrote) takes today's defaults.
+PITCH_BANDS_SINCE = (0, 2)
+
+
+def _saved_before(version: Any, release: Tuple[int, int]) -> bool:
+    if not isinstance(version, str):
+        return False
+    try:
+        return tuple(int(p) for p in version.split(".")[:2]) < release
+    except ValueError:
+        return False
 
 
 def _package_version() -> str:

@@ -1,9 +1,15 @@
-"""The log-mel frontend: waveform -> compressed, standardised mel spectrogram.
+"""The frontend: waveform -> compressed, standardised log-mel (+ pitch) spectrogram.
 
-The frontend of Park et al. (2018) as used by Lee et al. (2020): a 1024-sample
-periodic Hann window, hop 512, no centre padding, 128 Slaney mel bands, power
-spectrogram, compressed as ``log10(1 + 10 * S)`` and standardised with fixed
-statistics. Every number comes from :class:`disentangled_ml.config.FrontendConfig`.
+The mel bands are the frontend of Park et al. (2018) as used by Lee et al. (2020): a
+1024-sample periodic Hann window, hop 512, no centre padding, 128 Slaney mel bands,
+power spectrogram, compressed as ``log10(1 + 10 * S)`` and standardised with fixed
+statistics. By default *pitch bands* follow them on the frequency axis: a
+log-frequency spectrogram (madmom's ``LogarithmicFilterbank``, 24 bands an octave,
+65-2100 Hz, the input of madmom's chord CNN) from a 4096-sample window centred on the
+same frames, with the same compression. The mel bands cannot tell a major from a
+minor third below a few hundred Hz; these can (README "Frontend").
+``frontend.pitch_bands_per_octave = 0`` gives the paper's frontend alone. Every
+number comes from :class:`disentangled_ml.config.FrontendConfig`.
 
 It is written in TensorFlow ops that convert to TFLite *builtins* (frame, RFFT,
 Real/Imag, MatMul, Log), so the same graph runs in the ``tf.data`` pipeline, inside
@@ -20,8 +26,9 @@ Three entry points share one definition:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import keras
 import numpy as np
@@ -29,7 +36,8 @@ import tensorflow as tf
 
 from disentangled_ml.config import ConfigError, FrontendConfig
 
-__all__ = ["mel_filterbank", "log_mel", "log_mel_librosa", "LogMelSpectrogram", "frontend_kwargs"]
+__all__ = ["mel_filterbank", "pitch_filterbank", "Filterbanks", "filterbanks", "filterbank_weight_shapes", "log_mel", "log_mel_librosa",
+           "LogMelSpectrogram", "frontend_kwargs"]
 
 _LN10 = math.log(10.0)
 
@@ -59,23 +67,109 @@ def mel_filterbank(cfg: FrontendConfig) -> np.ndarray:
     return np.ascontiguousarray(fb.T, dtype=np.float32)
 
 
-def log_mel(waveform: Any, cfg: FrontendConfig, mel_matrix: Optional[Any] = None) -> tf.Tensor:
-    """Compressed, standardised log-mel spectrogram of a waveform, in TensorFlow ops.
+def pitch_filterbank(cfg: FrontendConfig) -> Optional[np.ndarray]:
+    """The pitch bands' log-frequency filterbank, transposed for right-multiplication.
+
+    madmom's ``LogarithmicFilterbank`` (triangular filters, ``pitch_bands_per_octave``
+    a octave between ``pitch_fmin`` and ``pitch_fmax``, tuned to A4 = 440 Hz, each
+    normalised to unit area, filters that land on the same STFT bin merged), on the
+    bins of a ``pitch_n_fft`` STFT. Cached: the config asks for its band count.
+
+    Args:
+        cfg: the frontend configuration.
+
+    Returns:
+        np.ndarray, float32, ``[pitch_n_fft // 2 + 1, n_pitch_bands]``, or None when
+        ``pitch_bands_per_octave`` is 0.
+
+    Raises:
+        ConfigError: the range holds no band.
+    """
+    if not cfg.pitch_bands_per_octave:
+        return None
+    return _pitch_filterbank(cfg.sample_rate, cfg.pitch_n_fft, cfg.pitch_bands_per_octave,
+                             cfg.pitch_fmin, cfg.pitch_fmax)
+
+
+@functools.lru_cache(maxsize=16)
+def _pitch_filterbank(sample_rate: int, n_fft: int, bands_per_octave: int, fmin: float, fmax: float) -> np.ndarray:
+    from madmom.audio.filters import LogarithmicFilterbank  # lazy: only needed at construction
+    from madmom.audio.stft import fft_frequencies
+
+    try:
+        fb = LogarithmicFilterbank(fft_frequencies(n_fft // 2 + 1, sample_rate), num_bands=bands_per_octave,
+                                   fmin=fmin, fmax=fmax, norm_filters=True, unique_filters=True)
+    except ValueError as e:
+        raise ConfigError(f"config values frontend.pitch_fmin={fmin}, pitch_fmax={fmax}, "
+                          f"pitch_bands_per_octave={bands_per_octave} give no pitch band ({e}); widen the range "
+                          "or set pitch_bands_per_octave=0.") from e
+    if fb.shape[1] == 0:
+        raise ConfigError(f"config values frontend.pitch_fmin={fmin}, pitch_fmax={fmax} give no pitch band; "
+                          "widen the range or set frontend.pitch_bands_per_octave=0.")
+    out = np.ascontiguousarray(np.asarray(fb), dtype=np.float32)
+    out.setflags(write=False)  # shared by every caller through the cache
+    return out
+
+
+class Filterbanks(NamedTuple):
+    """The frontend's constant matrices: ``mel`` ``[n_fft//2+1, n_mels]`` and ``pitch``
+    ``[pitch_n_fft//2+1, n_pitch_bands]`` (None without pitch bands); numpy or tensors."""
+
+    mel: Any
+    pitch: Any = None
+
+
+def filterbanks(cfg: FrontendConfig, as_tensors: bool = False) -> Filterbanks:
+    """The matrices :func:`log_mel` multiplies with, built once per config.
+
+    Args:
+        cfg: the frontend configuration.
+        as_tensors: return ``tf.constant`` s (build them once, outside a ``tf.data`` map).
+    """
+    banks = Filterbanks(mel_filterbank(cfg), pitch_filterbank(cfg))
+    if as_tensors:
+        banks = Filterbanks(*(None if b is None else tf.constant(b) for b in banks))
+    return banks
+
+
+def filterbank_weight_shapes(cfg: FrontendConfig) -> list:
+    """The filterbank matrices' shapes as a TFLite FULLY_CONNECTED stores them: ``[(bands, fft_bins), ...]``."""
+    return [tuple(int(d) for d in b.shape[::-1]) for b in filterbanks(cfg) if b is not None]
+
+
+def _power_spectrogram(x: tf.Tensor, n_fft: int, hop_length: int, power: float) -> tf.Tensor:
+    """``|STFT|**power`` of ``x [..., samples]``: periodic Hann, no padding -> ``[..., T, n_fft//2+1]``."""
+    # pad_end=False: librosa's center=False drops the trailing partial frame too.
+    frames = tf.signal.frame(x, n_fft, hop_length, pad_end=False)  # [..., T, n_fft]
+    window = tf.signal.hann_window(n_fft, periodic=True, dtype=tf.float32)  # scipy 'hann' (fftbins=True)
+    spec = tf.signal.rfft(frames * window, fft_length=[n_fft])  # [..., T, n_fft//2+1] complex64
+    # |X|^2 from real and imaginary parts: Real/Imag/Mul/Add are TFLite builtins and the
+    # power spectrogram (the default) needs no square root at all.
+    re, im = tf.math.real(spec), tf.math.imag(spec)
+    power_spec = re * re + im * im
+    return tf.sqrt(power_spec) if power == 1.0 else power_spec
+
+
+def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = None) -> tf.Tensor:
+    """Compressed, standardised log-mel (+ pitch) spectrogram of a waveform, in TensorFlow ops.
 
     Args:
         waveform: float32 tensor ``[..., samples]`` (typically ``[batch, samples]``),
             amplitude in [-1, 1], sampled at ``cfg.sample_rate`` Hz. At least
             ``cfg.n_fft`` samples long.
         cfg: the frontend configuration.
-        mel_matrix: optional precomputed :func:`mel_filterbank` (``[n_fft//2+1, n_mels]``);
-            computed from ``cfg`` when omitted.
+        banks: optional precomputed :func:`filterbanks` of ``cfg``; built when omitted.
 
     Returns:
-        tf.Tensor, float32, shape ``[..., num_frames, n_mels]`` with
+        tf.Tensor, float32, shape ``[..., num_frames, n_bands]`` with
         ``num_frames = 1 + (samples - n_fft) // hop_length`` (no centre padding, the
-        trailing partial frame is dropped). Values are
+        trailing partial frame is dropped) and ``n_bands = n_mels + n_pitch_bands``:
+        the mel bands first, then the pitch bands. Values are
         ``(log10(1 + log_multiplier * S) - norm_mean) / norm_std`` where ``S`` is the
-        mel-filtered ``|STFT| ** power``.
+        filtered ``|STFT| ** power``. The pitch bands' frame ``t`` is a
+        ``pitch_n_fft`` window centred where the mel frame ``t`` is: the waveform is
+        zero-padded by ``(pitch_n_fft - n_fft) / 2`` samples at each end, so the first
+        and last few frames of a clip see zeros beyond its ends.
 
     Raises:
         ValueError: when the waveform is statically known to be shorter than ``n_fft``.
@@ -89,21 +183,21 @@ def log_mel(waveform: Any, cfg: FrontendConfig, mel_matrix: Optional[Any] = None
     if n is not None and n < cfg.n_fft:
         raise ValueError(f"log_mel: the waveform has {n} samples, fewer than one STFT window "
                          f"(n_fft={cfg.n_fft}); pad or use a longer excerpt.")
-    if mel_matrix is None:
-        mel_matrix = mel_filterbank(cfg)
-    mel = tf.constant(mel_matrix, dtype=tf.float32) if not isinstance(mel_matrix, tf.Tensor) else mel_matrix
+    if banks is None:
+        banks = filterbanks(cfg)
+    as_tensor = lambda m: m if isinstance(m, tf.Tensor) else tf.constant(m, dtype=tf.float32)  # noqa: E731
 
-    # pad_end=False: librosa's center=False drops the trailing partial frame too.
-    frames = tf.signal.frame(x, cfg.n_fft, cfg.hop_length, pad_end=False)  # [..., T, n_fft]
-    window = tf.signal.hann_window(cfg.n_fft, periodic=True, dtype=tf.float32)  # scipy 'hann' (fftbins=True)
-    spec = tf.signal.rfft(frames * window, fft_length=[cfg.n_fft])  # [..., T, n_fft//2+1] complex64
-    # |X|^2 from real and imaginary parts: Real/Imag/Mul/Add are TFLite builtins and the
-    # power spectrogram (the default) needs no square root at all.
-    re, im = tf.math.real(spec), tf.math.imag(spec)
-    power_spec = re * re + im * im
-    if cfg.power == 1.0:
-        power_spec = tf.sqrt(power_spec)
-    s = tf.matmul(power_spec, mel)  # [..., T, n_mels]; broadcasts over leading axes
+    # matmul broadcasts the [F, bands] matrix over the leading axes
+    s = tf.matmul(_power_spectrogram(x, cfg.n_fft, cfg.hop_length, cfg.power), as_tensor(banks.mel))
+    if cfg.pitch_bands_per_octave:
+        if banks.pitch is None:
+            raise ValueError("log_mel: the config has pitch bands but the filterbanks passed have none; "
+                             "build them with filterbanks(cfg).")
+        half = (cfg.pitch_n_fft - cfg.n_fft) // 2
+        padded = tf.pad(x, [[0, 0]] * (x.shape.rank - 1) + [[half, half]])
+        pitch = tf.matmul(_power_spectrogram(padded, cfg.pitch_n_fft, cfg.hop_length, cfg.power),
+                          as_tensor(banks.pitch))
+        s = tf.concat([s, pitch], axis=-1)
     # log10 via natural log: TFLite has LOG but no LOG10; log(1+x) rather than log1p,
     # which is not a builtin. Absolute error is ~1e-7, far below the parity tolerance.
     compressed = tf.math.log(1.0 + cfg.log_multiplier * s) * (1.0 / _LN10)
@@ -116,15 +210,17 @@ def log_mel_librosa(waveform: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     """Numpy reference of :func:`log_mel`, computed with librosa.
 
     ``librosa.feature.melspectrogram(center=False, window='hann')`` followed by the same
-    compression and standardisation. Slow; for tests, parity checks and benchmarks.
+    compression and standardisation; the pitch bands from ``librosa.stft`` of the
+    zero-padded waveform times :func:`pitch_filterbank`. Slow; for tests, parity
+    checks and benchmarks.
 
     Args:
         waveform: float ``[samples]`` or ``[batch, samples]``, in [-1, 1], at ``cfg.sample_rate`` Hz.
         cfg: the frontend configuration.
 
     Returns:
-        np.ndarray, float32, ``[num_frames, n_mels]`` or ``[batch, num_frames, n_mels]``
-        (librosa's ``[n_mels, frames]`` transposed to the layer's layout).
+        np.ndarray, float32, ``[num_frames, n_bands]`` or ``[batch, num_frames, n_bands]``
+        (librosa's ``[bands, frames]`` transposed to the layer's layout).
     """
     import librosa
 
@@ -134,6 +230,12 @@ def log_mel_librosa(waveform: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     s = librosa.feature.melspectrogram(y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
                                        n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.mel_fmax, power=cfg.power,
                                        center=False, window="hann")
+    if cfg.pitch_bands_per_octave:
+        half = (cfg.pitch_n_fft - cfg.n_fft) // 2
+        padded = np.pad(y, [(0, 0)] * (y.ndim - 1) + [(half, half)])
+        stft = librosa.stft(padded, n_fft=cfg.pitch_n_fft, hop_length=cfg.hop_length, center=False, window="hann")
+        pitch = np.swapaxes(np.swapaxes(np.abs(stft) ** cfg.power, -1, -2) @ pitch_filterbank(cfg), -1, -2)
+        s = np.concatenate([s, pitch], axis=-2)
     out = np.log10(1.0 + cfg.log_multiplier * s)
     out = (out - cfg.norm_mean) / cfg.norm_std
     return np.swapaxes(out, -1, -2).astype(np.float32)
@@ -141,12 +243,14 @@ def log_mel_librosa(waveform: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
 
 @keras.saving.register_keras_serializable(package="disentangled_ml")
 class LogMelSpectrogram(keras.layers.Layer):
-    """Keras layer: waveform ``[batch, samples]`` -> log-mel ``[batch, num_frames, n_mels(, 1)]``.
+    """Keras layer: waveform ``[batch, samples]`` -> log-mel ``[batch, num_frames, n_bands(, 1)]``.
 
     The constructor takes the fields of :class:`~disentangled_ml.config.FrontendConfig`
     as keyword arguments (so :meth:`get_config` is plain JSON); build it from a config
     with :meth:`from_frontend`. The mel filterbank is a constant computed at
-    construction, not a weight: a saved model rebuilds it from the config.
+    construction, not a weight: a saved model rebuilds it from the config. The pitch
+    fields default to 0 bands here (unlike ``FrontendConfig``) because a layer saved
+    before they existed has no such key and was trained on mel bands alone.
 
     The layer always computes in float32 (an FFT in float16 is not accurate enough),
     whatever the global dtype policy; cast its output if the backbone runs in
@@ -154,7 +258,8 @@ class LogMelSpectrogram(keras.layers.Layer):
 
     Args:
         sample_rate, segment_seconds, n_fft, hop_length, n_mels, fmin, fmax, power,
-            log_multiplier, norm_mean, norm_std: see ``FrontendConfig``; validated
+            log_multiplier, norm_mean, norm_std, pitch_bands_per_octave, pitch_n_fft,
+            pitch_fmin, pitch_fmax: see ``FrontendConfig``; validated
             there, so a bad value raises :class:`~disentangled_ml.config.ConfigError`.
         add_channel_axis: append a trailing axis of size 1 (for ``Conv2D``).
         **kwargs: ``keras.layers.Layer`` arguments (``name``, ...).
@@ -163,23 +268,26 @@ class LogMelSpectrogram(keras.layers.Layer):
         float32 ``[batch, samples]``, in [-1, 1], at ``sample_rate`` Hz,
         ``samples >= n_fft``.
     Output:
-        float32 ``[batch, num_frames, n_mels]`` (``[..., 1]`` with ``add_channel_axis``),
+        float32 ``[batch, num_frames, n_bands]`` (``[..., 1]`` with ``add_channel_axis``),
         ``num_frames = 1 + (samples - n_fft) // hop_length``.
     """
 
     def __init__(self, sample_rate: int = 22050, segment_seconds: float = 3.0, n_fft: int = 1024,
                  hop_length: int = 512, n_mels: int = 128, fmin: float = 0.0, fmax: Optional[float] = None,
                  power: float = 2.0, log_multiplier: float = 10.0, norm_mean: float = 0.0, norm_std: float = 1.0,
-                 add_channel_axis: bool = False, **kwargs: Any) -> None:
+                 pitch_bands_per_octave: int = 0, pitch_n_fft: int = 4096, pitch_fmin: float = 65.0,
+                 pitch_fmax: float = 2100.0, add_channel_axis: bool = False, **kwargs: Any) -> None:
         kwargs.pop("dtype", None)  # always float32; see the class docstring
         super().__init__(dtype="float32", **kwargs)
         self.frontend = FrontendConfig(
             sample_rate=int(sample_rate), segment_seconds=float(segment_seconds), n_fft=int(n_fft),
             hop_length=int(hop_length), n_mels=int(n_mels), fmin=float(fmin),
             fmax=None if fmax is None else float(fmax), power=float(power),
-            log_multiplier=float(log_multiplier), norm_mean=float(norm_mean), norm_std=float(norm_std))
+            log_multiplier=float(log_multiplier), norm_mean=float(norm_mean), norm_std=float(norm_std),
+            pitch_bands_per_octave=int(pitch_bands_per_octave), pitch_n_fft=int(pitch_n_fft),
+            pitch_fmin=float(pitch_fmin), pitch_fmax=float(pitch_fmax))
         self.add_channel_axis = bool(add_channel_axis)
-        self._mel_matrix = mel_filterbank(self.frontend)
+        self._banks = filterbanks(self.frontend)
         self.supports_masking = False
 
     @classmethod
@@ -198,7 +306,7 @@ class LogMelSpectrogram(keras.layers.Layer):
         return 1 + (samples - self.frontend.n_fft) // self.frontend.hop_length
 
     def call(self, inputs: Any) -> tf.Tensor:
-        out = log_mel(inputs, self.frontend, self._mel_matrix)
+        out = log_mel(inputs, self.frontend, self._banks)
         if self.add_channel_axis:
             out = out[..., tf.newaxis]
         return out
@@ -207,7 +315,7 @@ class LogMelSpectrogram(keras.layers.Layer):
         input_shape = tuple(input_shape)
         if len(input_shape) < 1:
             raise ValueError(f"{self.name}: expected a waveform [batch, samples], got shape {input_shape}.")
-        shape = (*input_shape[:-1], self.num_frames(input_shape[-1]), self.frontend.n_mels)
+        shape = (*input_shape[:-1], self.num_frames(input_shape[-1]), self.frontend.n_bands)
         return shape + (1,) if self.add_channel_axis else shape
 
     def get_config(self) -> Dict[str, Any]:

@@ -41,7 +41,7 @@ from disentangled_ml.data.labels import LabelTables
 from disentangled_ml.data.manifest import Track, read_manifest
 from disentangled_ml.data.pipeline import DecodeStats, training_dataset
 from disentangled_ml.data.splits import SPLITS, split_tracks
-from disentangled_ml.features import log_mel, mel_filterbank
+from disentangled_ml.features import filterbanks, log_mel
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def estimate_norm_stats(tracks: Sequence[Track], rows: Sequence[int], config: Co
     rng = np.random.default_rng(seed)
     pick = rng.permutation(list(rows))[:max_tracks]
     values = []
-    mel = mel_filterbank(fe)
+    banks = filterbanks(fe)
     for r in pick:
         try:
             y = load_audio(tracks[r].path, fe.sample_rate)
@@ -76,7 +76,7 @@ def estimate_norm_stats(tracks: Sequence[Track], rows: Sequence[int], config: Co
             log.warning("norm statistics: %s", e)
             continue
         mid = max(0, y.size // 2 - 5 * fe.sample_rate)
-        values.append(log_mel(y[None, mid:mid + 10 * fe.sample_rate], fe, mel).numpy().ravel())
+        values.append(log_mel(y[None, mid:mid + 10 * fe.sample_rate], fe, banks).numpy().ravel())
     if not values:
         raise ConfigError("no training track could be decoded to measure the log-mel statistics.")
     v = np.concatenate(values)
@@ -94,7 +94,7 @@ def eval_dataset(triplets: Sequence[dict], audio: Dict[str, np.ndarray], config:
     ids = _condition_ids(config)
     seg = config.frontend.segment_samples
     fe = config.frontend
-    mel = tf.constant(mel_filterbank(fe))
+    banks = filterbanks(fe, as_tensors=True)
 
     def gen():
         for b in iter_waveform_crops(triplets, audio, config, batch_size):
@@ -104,8 +104,8 @@ def eval_dataset(triplets: Sequence[dict], audio: Dict[str, np.ndarray], config:
     # Repeated, and read for exactly ceil(n / batch) steps per evaluation, so each
     # validation pass sees every fixed triplet once.
     ds = tf.data.Dataset.from_generator(gen, output_signature=spec).repeat()
-    return ds.map(lambda a, p, n, c: {"anchor": log_mel(a, fe, mel), "positive": log_mel(p, fe, mel),
-                                      "negative": log_mel(n, fe, mel), "condition": c}).prefetch(2)
+    return ds.map(lambda a, p, n, c: {"anchor": log_mel(a, fe, banks), "positive": log_mel(p, fe, banks),
+                                      "negative": log_mel(n, fe, banks), "condition": c}).prefetch(2)
 
 
 class _LearningRateLogger(keras.callbacks.Callback):

@@ -110,13 +110,14 @@ def _readme(config: Mapping[str, Any]) -> str:
         "# disentangled_ml export",
         "",
         f"Input: mono waveform, float32 `[batch, {config['segment_samples']}]` in [-1, 1] at "
-        f"{config['sample_rate']} Hz ({config['segment_seconds']} s). The log-mel frontend is inside every model.",
+        f"{config['sample_rate']} Hz ({config['segment_seconds']} s). The frontend (log-mel, then pitch bands) "
+        "is inside every model.",
         f"Outputs: `embedding` float32 `[batch, {config['embedding_dim']}]` (unit L2 norm) and one output per "
         f"condition ({config['condition_outputs_note']}). Condition dimensions: {conds}.",
         "Similarity: Euclidean distance on a condition's output (or the whole embedding).",
         "",
         "- `saved_model/`: signatures `serving_default` (input `audio`) and `log_mel` (input `log_mel`, "
-        "`[batch, frames, n_mels]`, the frontend's output).",
+        "`[batch, frames, n_bands]`, the frontend's output: `n_mels` mel bands then `n_pitch_bands` pitch bands).",
     ]
     for name, f in config["files"].items():
         if name.endswith(".tflite"):
@@ -168,6 +169,7 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
     from disentangled_ml.export import parity as par
     from disentangled_ml.export import savedmodel as sm
     from disentangled_ml.export import tflite as tfl
+    from disentangled_ml.features import filterbank_weight_shapes
 
     if calibration_segments < 1 or parity_segments < 1:
         raise ExportError("calibration and parity segment counts must be >= 1.")
@@ -230,7 +232,7 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
         if v.name == "int8_full" and float_content is not None:
             kwargs["float_model"] = float_content
         if v.name == "int8":
-            kwargs["mel_weight_shape"] = (fe.n_mels, fe.n_fft // 2 + 1)
+            kwargs["frontend_weight_shapes"] = filterbank_weight_shapes(fe)
         try:
             result = tfl.convert_variant(tflite_source, v.name, **kwargs)
             if v.name == "float32" and not tfl.outputs_finite(result["content"], fe.segment_samples):
@@ -350,11 +352,16 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
         "format": "disentangled_ml.export", "format_version": FORMAT_VERSION,
         "sample_rate": fe.sample_rate, "segment_seconds": fe.segment_seconds,
         "segment_samples": fe.segment_samples, "num_frames": fe.num_frames, "n_mels": fe.n_mels,
+        "n_bands": fe.n_bands, "n_pitch_bands": fe.n_pitch_bands,
         "embedding_dim": dim, "conditions": conditions, "condition_names": list(heads),
         "mask_mode": mode, "condition_outputs_note": note,
         "frontend": {**cfg.to_dict()["frontend"], "mel_fmax": fe.mel_fmax, "center": False,
                      "window": "hann (periodic)", "mel_scale": "slaney", "compression": "log10(1 + log_multiplier * S)",
-                     "standardisation": "(x - norm_mean) / norm_std"},
+                     "standardisation": "(x - norm_mean) / norm_std",
+                     "pitch_filterbank": "madmom LogarithmicFilterbank (A4 = 440 Hz, unit-area triangles, merged "
+                                         "duplicates) on a pitch_n_fft periodic-Hann STFT of the waveform zero-padded "
+                                         "by (pitch_n_fft - n_fft) / 2 at each end, same hop; 0 bands per octave = "
+                                         "none"},
         "model": {"name": wf.name, "backbone": cfg.model.backbone, "width": cfg.model.width,
                   "parameters": int(wf.count_params()), "source": run.model_path},
         "package": {"name": "disentangled_ml", "version": __version__},

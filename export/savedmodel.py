@@ -7,7 +7,7 @@ them):
 
 * ``serving_default``: ``audio`` float32 ``[batch, segment_samples]`` (mono, in
   [-1, 1], at ``sample_rate`` Hz) -> outputs below;
-* ``log_mel``: ``log_mel`` float32 ``[batch, num_frames, n_mels]`` (the
+* ``log_mel``: ``log_mel`` float32 ``[batch, num_frames, n_bands]`` (the
   compressed, standardised log-mel of :func:`disentangled_ml.features.log_mel`)
   -> the same outputs, for clients that compute features themselves.
 
@@ -57,7 +57,7 @@ class LoadedRun:
     Attributes:
         config: the run's :class:`Config` (frontend statistics filled in).
         waveform_model: ``audio [B, segment_samples] -> {"embedding", "raw_embedding"}``.
-        mel_model: ``mel [B, num_frames, n_mels] -> {"embedding", "raw_embedding"}``,
+        mel_model: ``mel [B, num_frames, n_bands] -> {"embedding", "raw_embedding"}``,
             sharing ``waveform_model``'s weights.
         frontend_layer_name: name of the :class:`LogMelSpectrogram` layer inside
             ``waveform_model`` (its ops stay float in the full-integer TFLite model).
@@ -252,7 +252,7 @@ def write_saved_model(run: LoadedRun, out_dir: str) -> Dict[str, Any]:
     def serve(audio):
         return apply_heads(waveform_model(audio, training=False)[EMBEDDING_OUTPUT], heads, tf)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, fe.num_frames, fe.n_mels], tf.float32, name=MEL_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None, fe.num_frames, fe.n_bands], tf.float32, name=MEL_INPUT)])
     def from_mel(log_mel):
         return apply_heads(mel_model(log_mel, training=False)[EMBEDDING_OUTPUT], heads, tf)
 
@@ -273,6 +273,6 @@ def write_saved_model(run: LoadedRun, out_dir: str) -> Dict[str, Any]:
     return {
         SERVING_SIGNATURE: {"inputs": {AUDIO_INPUT: {"dtype": "float32", "shape": [None, fe.segment_samples]}},
                             "outputs": outputs},
-        MEL_SIGNATURE: {"inputs": {MEL_INPUT: {"dtype": "float32", "shape": [None, fe.num_frames, fe.n_mels]}},
+        MEL_SIGNATURE: {"inputs": {MEL_INPUT: {"dtype": "float32", "shape": [None, fe.num_frames, fe.n_bands]}},
                         "outputs": outputs},
     }

@@ -305,10 +305,10 @@ def _convert(build: Callable[[], bytes], variant: str) -> bytes:
                                     f"Select-TF/Flex ops are allowed): {type(e).__name__}: {msg}") from e
 
 
-def dequantize_fc_weights(content: bytes, weight_shape: Sequence[int]) -> bytes:
-    """Run the FULLY_CONNECTED ops with int8 weights of ``weight_shape`` in float32.
+def dequantize_fc_weights(content: bytes, weight_shapes: Sequence[Sequence[int]]) -> bytes:
+    """Run the FULLY_CONNECTED ops with int8 weights of one of ``weight_shapes`` in float32.
 
-    Dynamic-range quantisation turns the mel filterbank's matmul into a hybrid kernel that
+    Dynamic-range quantisation turns a filterbank's matmul (mel, pitch) into a hybrid kernel that
     quantises its *input*, the power spectrum, to 8 bits on the fly: with a spectrum's
     dynamic range that zeroes the quiet bands, and the log compression turns that into
     errors of ~1e-2 in the embedding (measured). The converter has no per-op opt-out for
@@ -321,6 +321,7 @@ def dequantize_fc_weights(content: bytes, weight_shape: Sequence[int]) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    shapes = [list(s) for s in weight_shapes]
 
     def builtin(code):
         return max(code.builtinCode, code.deprecatedBuiltinCode)
@@ -332,7 +333,7 @@ def dequantize_fc_weights(content: bytes, weight_shape: Sequence[int]) -> bytes:
             op = sg.operators[k]
             w = sg.tensors[op.inputs[1]] if len(op.inputs) > 1 else None
             if (builtin(model.operatorCodes[op.opcodeIndex]) != schema.BuiltinOperator.FULLY_CONNECTED or w is None
-                    or w.type != schema.TensorType.INT8 or list(w.shape) != list(weight_shape)):
+                    or w.type != schema.TensorType.INT8 or list(w.shape) not in shapes):
                 k += 1
                 continue
             if deq is None:
@@ -361,7 +362,7 @@ def convert_variant(saved_model_dir: str, variant: str,
                     representative: Optional[Callable[[], Iterable[Dict[str, np.ndarray]]]] = None,
                     float_node_pattern: Optional["re.Pattern[str]"] = None,
                     input_samples: Optional[int] = None, float_model: Optional[bytes] = None,
-                    mel_weight_shape: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+                    frontend_weight_shapes: Optional[Sequence[Sequence[int]]] = None) -> Dict[str, Any]:
     """Convert the export's SavedModel (``serving_default``) to one TFLite variant.
 
     Args:
@@ -377,8 +378,9 @@ def convert_variant(saved_model_dir: str, variant: str,
             under LiteRT's default XNNPACK delegate.
         float_model: ``int8_full`` only: the float32 conversion, if already made
             (its node names select what stays float).
-        mel_weight_shape: ``int8`` only: ``(n_mels, n_fft // 2 + 1)``, the mel filterbank's
-            weight shape; that FULLY_CONNECTED keeps int8 weights but runs in float (see
+        frontend_weight_shapes: ``int8`` only: the filterbanks' weight shapes as TFLite
+            stores them, ``[(bands, fft_bins), ...]`` (:func:`disentangled_ml.features.filterbank_weight_shapes`);
+            those FULLY_CONNECTED ops keep int8 weights but run in float (see
             :func:`dequantize_fc_weights`).
 
     Returns:
@@ -407,8 +409,8 @@ def convert_variant(saved_model_dir: str, variant: str,
             c.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: dynamic range
             return c.convert()
         content = _convert(build, variant)
-        if mel_weight_shape is not None:
-            content = dequantize_fc_weights(content, mel_weight_shape)
+        if frontend_weight_shapes:
+            content = dequantize_fc_weights(content, frontend_weight_shapes)
         return {"content": content}
 
     if representative is None:

@@ -62,7 +62,7 @@ def test_shards_give_the_tracks_and_stream_of_the_files(prepared, caplog):
     assert a.element_spec == b.element_spec
     seen = set()
     for el in a.take(12):
-        assert el["anchor"].shape == (cfg.train.batch_size, cfg.frontend.num_frames, cfg.frontend.n_mels)
+        assert el["anchor"].shape == (cfg.train.batch_size, cfg.frontend.num_frames, cfg.frontend.n_bands)
         assert np.isfinite(el["anchor"].numpy()).all()
         seen.update(el["condition"].numpy().tolist())
     assert seen <= set(range(len(cfg.conditions.names) + 1)) and len(seen) >= 3

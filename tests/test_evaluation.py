@@ -33,6 +33,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def tiny_config(**overrides):
     base = {"frontend.sample_rate": SR, "frontend.segment_seconds": 1.0, "frontend.n_fft": 256,
             "frontend.hop_length": 128, "frontend.n_mels": 16, "conditions.embedding_dim": 16,
+            "frontend.pitch_n_fft": 1024, "frontend.pitch_bands_per_octave": 6, "frontend.pitch_fmin": 110.0,
+            "frontend.pitch_fmax": 880.0,
             "model.backbone": "plain", "model.width": 4, "data.eval_triplets_per_condition": 40}
     base.update(overrides)
     return Config().replace(**base)

@@ -76,6 +76,7 @@ def test_export_layout_and_config(exported):
     assert c["conditions"] == {"genre": [0, 64], "mood": [64, 128], "instrument": [128, 192], "tempo": [192, 256]}
     fe = c["frontend"]
     assert (fe["n_fft"], fe["hop_length"], fe["n_mels"]) == (256, 128, 16)
+    assert fe["pitch_bands_per_octave"] == 6 and c["n_bands"] == 16 + c["n_pitch_bands"] == 32
     assert (fe["norm_mean"], fe["norm_std"]) == (0.3, 0.7)
     assert c["model"]["backbone"] == "inception" and c["version"] == c["package"]["version"]
     assert c["training_config_hash"] == cfg.hash() and c["training_config"]["model"]["width"] == 8
@@ -111,7 +112,7 @@ def test_signature_names_are_explicit(exported):
     assert list(inputs) == ["audio"] and inputs["audio"].shape.as_list() == [None, 8000]
     assert sorted(serve.structured_outputs) == sorted(expected)
     _, mel_inputs = loaded.signatures["log_mel"].structured_input_signature
-    assert list(mel_inputs) == ["log_mel"] and mel_inputs["log_mel"].shape.as_list() == [None, 61, 16]
+    assert list(mel_inputs) == ["log_mel"] and mel_inputs["log_mel"].shape.as_list() == [None, 61, 32]
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (3, 8000)).astype(np.float32)
     res = {k: v.numpy() for k, v in serve(audio=tf.constant(x)).items()}
     assert res["genre"].shape == (3, 64)
@@ -159,9 +160,10 @@ def test_int8_full_keeps_the_frontend_float(exported):
     assert not float_ops["int8"]
 
 
-def test_dynamic_int8_runs_the_mel_filterbank_in_float(exported):
-    """model_int8.tflite keeps the mel weights int8 but dequantises them: the power spectrum is never
-    quantised on the fly (that costs ~1e-2 in the embedding), and the result tracks float32 closely."""
+def test_dynamic_int8_runs_the_filterbanks_in_float(exported):
+    """model_int8.tflite keeps the mel and pitch filterbank weights int8 but dequantises them: the power
+    spectrum is never quantised on the fly (that costs ~1e-2 in the embedding)."""
+    from disentangled_ml.features import filterbank_weight_shapes
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -172,17 +174,23 @@ def test_dynamic_int8_runs_the_mel_filterbank_in_float(exported):
     code = lambda op: max(model.operatorCodes[op.opcodeIndex].builtinCode,  # noqa: E731
                           model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
     producer = {int(o): op for op in sg.operators for o in op.outputs}
-    mel_fc = [op for op in sg.operators if code(op) == schema.BuiltinOperator.FULLY_CONNECTED
-              and list(sg.tensors[op.inputs[1]].shape) == [fe.n_mels, fe.n_fft // 2 + 1]]
-    assert len(mel_fc) == 1
-    weights = sg.tensors[mel_fc[0].inputs[1]]
-    assert weights.type == schema.TensorType.FLOAT32
-    deq = producer[int(mel_fc[0].inputs[1])]
-    assert code(deq) == schema.BuiltinOperator.DEQUANTIZE
-    assert sg.tensors[deq.inputs[0]].type == schema.TensorType.INT8  # stored as int8: the file stays small
+    shapes = filterbank_weight_shapes(fe)
+    assert shapes == [(fe.n_mels, fe.n_fft // 2 + 1), (fe.n_pitch_bands, fe.pitch_n_fft // 2 + 1)]
+    bank_fc = []
+    for shape in shapes:
+        fc = [op for op in sg.operators if code(op) == schema.BuiltinOperator.FULLY_CONNECTED
+              and tuple(sg.tensors[op.inputs[1]].shape) == shape]
+        assert len(fc) == 1, shape
+        weights = sg.tensors[fc[0].inputs[1]]
+        assert weights.type == schema.TensorType.FLOAT32
+        deq = producer[int(fc[0].inputs[1])]
+        assert code(deq) == schema.BuiltinOperator.DEQUANTIZE
+        assert sg.tensors[deq.inputs[0]].type == schema.TensorType.INT8  # stored as int8: the file stays small
+        bank_fc += fc
     # the other FULLY_CONNECTED / conv weights are still int8 (dynamic range)
     others = [op for op in sg.operators if code(op) in (schema.BuiltinOperator.FULLY_CONNECTED,
-                                                         schema.BuiltinOperator.CONV_2D) and op is not mel_fc[0]]
+                                                         schema.BuiltinOperator.CONV_2D)
+              and not any(op is b for b in bank_fc)]
     assert any(sg.tensors[op.inputs[1]].type == schema.TensorType.INT8 for op in others)
 
 

@@ -1,4 +1,4 @@
-"""The log-mel frontend: librosa parity, shapes, Keras serialisation, TFLite conversion."""
+"""The frontend (log-mel + pitch bands): librosa parity, pitch resolution, shapes, Keras serialisation, TFLite."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from disentangled_ml.config import ConfigError, FrontendConfig
-from disentangled_ml.features import LogMelSpectrogram, log_mel, log_mel_librosa, mel_filterbank
+from disentangled_ml.config import Config, ConfigError, FrontendConfig
+from disentangled_ml.features import (LogMelSpectrogram, filterbanks, log_mel, log_mel_librosa, mel_filterbank,
+                                      pitch_filterbank)
 
 CFG = FrontendConfig()
 # Max |tf - librosa| on the compressed scale. Both compute a float32 STFT of the same
@@ -79,7 +80,7 @@ def test_parity_magnitude_and_normalisation():
     wave = synthetic_music(2.0, cfg.sample_rate, seed=3)
     ours = log_mel(wave, cfg).numpy()  # a 1-D waveform works too
     ref = log_mel_librosa(wave, cfg)
-    assert ours.shape == ref.shape == (1 + (len(wave) - cfg.n_fft) // cfg.hop_length, 64)
+    assert ours.shape == ref.shape == (1 + (len(wave) - cfg.n_fft) // cfg.hop_length, 64 + cfg.n_pitch_bands)
     keep = _non_silent(wave, cfg)
     assert np.abs(ours[keep] - ref[keep]).max() <= PARITY_TOL
 
@@ -100,18 +101,18 @@ def test_shapes_match_config():
     x = np.zeros((3, CFG.segment_samples), np.float32)
     y = layer(x)
     assert y.dtype == tf.float32
-    assert tuple(y.shape) == (3, CFG.num_frames, CFG.n_mels) == (3, 128, 128)
-    assert layer.compute_output_shape((None, CFG.segment_samples)) == (None, CFG.num_frames, CFG.n_mels)
+    assert tuple(y.shape) == (3, CFG.num_frames, CFG.n_bands) == (3, 128, 128 + 105)
+    assert layer.compute_output_shape((None, CFG.segment_samples)) == (None, CFG.num_frames, CFG.n_bands)
     # Silence maps to exactly 0 on the compressed scale (log10(1 + 0)).
     assert float(tf.reduce_max(tf.abs(y))) == 0.0
 
     chan = LogMelSpectrogram.from_frontend(CFG, add_channel_axis=True)
-    assert tuple(chan(x).shape) == (3, CFG.num_frames, CFG.n_mels, 1)
+    assert tuple(chan(x).shape) == (3, CFG.num_frames, CFG.n_bands, 1)
     inp = keras.Input((CFG.segment_samples,))
-    assert tuple(chan(inp).shape) == (None, CFG.num_frames, CFG.n_mels, 1)
+    assert tuple(chan(inp).shape) == (None, CFG.num_frames, CFG.n_bands, 1)
 
     # An arbitrary length: frames = 1 + (samples - n_fft) // hop, trailing partial frame dropped.
-    assert tuple(layer(np.zeros((1, 5000), np.float32)).shape) == (1, 1 + (5000 - 1024) // 512, 128)
+    assert tuple(layer(np.zeros((1, 5000), np.float32)).shape) == (1, 1 + (5000 - 1024) // 512, CFG.n_bands)
 
 
 def test_too_short_input_is_rejected():
@@ -127,6 +128,11 @@ def test_too_short_input_is_rejected():
     ({"fmax": 20000.0}, "fmax"),
     ({"power": 3.0}, "power"),
     ({"norm_std": 0.0}, "norm_std"),
+    ({"pitch_bands_per_octave": -1}, "pitch_bands_per_octave"),
+    ({"pitch_bands_per_octave": 24, "pitch_n_fft": 512}, "pitch_n_fft"),
+    ({"pitch_bands_per_octave": 24, "pitch_n_fft": 3000}, "pitch_n_fft"),
+    ({"pitch_bands_per_octave": 24, "pitch_fmin": 3000.0}, "pitch_fmin"),
+    ({"pitch_bands_per_octave": 24, "pitch_fmin": 100.0, "pitch_fmax": 103.0}, "no pitch band"),
 ])
 def test_bad_config_raises_config_error(kwargs, name):
     with pytest.raises(ConfigError, match=name):
@@ -194,7 +200,7 @@ def test_tflite_conversion_builtins_only(tmp_path):
     assert "RFFT2D" in ops and not any(op.startswith("FlexDelegate") or op == "CUSTOM" for op in ops)
 
     mel_out, _ = _run_tflite(_tflite(frontend, tmp_path, "frontend"), x)
-    assert mel_out.shape == (2, CFG.num_frames, CFG.n_mels)
+    assert mel_out.shape == (2, CFG.num_frames, CFG.n_bands)
     np.testing.assert_allclose(mel_out, frontend.predict(x, verbose=0), atol=1e-4, rtol=0)
     # ... and hence also matches librosa.
     assert np.abs(mel_out[0] - log_mel_librosa(x[0], CFG)).max() <= PARITY_TOL
@@ -205,3 +211,57 @@ def test_tf_data_uses_same_function():
     ds = tf.data.Dataset.from_tensor_slices(wave).batch(2).map(lambda w: log_mel(w, CFG))
     got = np.concatenate([b.numpy() for b in ds])
     np.testing.assert_allclose(got, LogMelSpectrogram.from_frontend(CFG)(wave).numpy(), atol=1e-6)
+
+
+def _tones(freqs, seconds: float = 1.0, sr: int = 22050) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.2 * sum(np.sin(2 * np.pi * f * t) for f in freqs)).astype(np.float32)
+
+
+def _band_of_peak(features: np.ndarray, lo: int, hi: int) -> int:
+    return int(np.argmax(features[:, lo:hi].mean(axis=0)))
+
+
+def test_pitch_bands_resolve_a_semitone_where_mel_bands_cannot():
+    """C3 (130.8 Hz) and C#3 (138.6 Hz) fall in one mel band, the reason major and minor
+    harmony look alike to the paper's frontend; the pitch bands put them a band pair apart."""
+    c3, cs3 = (log_mel(_tones([f])[None], CFG).numpy()[0] for f in (130.81, 138.59))
+    m = CFG.n_mels
+    assert _band_of_peak(c3, 0, m) == _band_of_peak(cs3, 0, m)
+    assert _band_of_peak(cs3, m, CFG.n_bands) - _band_of_peak(c3, m, CFG.n_bands) == CFG.pitch_bands_per_octave // 12
+    # and so a C minor triad differs from C major in the pitch bands far more than in the mel bands
+    major, minor = (log_mel(_tones(ch)[None], CFG).numpy()[0].mean(axis=0)
+                    for ch in ([130.81, 164.81, 196.00], [130.81, 155.56, 196.00]))
+    mel_gap = np.abs(major[:m] - minor[:m]).max()
+    pitch_gap = np.abs(major[m:] - minor[m:]).max()
+    assert pitch_gap > 2 * mel_gap, (pitch_gap, mel_gap)
+
+
+def test_pitch_filterbank_is_madmoms_and_off_gives_the_papers_frontend():
+    from madmom.audio.filters import LogarithmicFilterbank
+    from madmom.audio.stft import fft_frequencies
+
+    fb = pitch_filterbank(CFG)
+    ref = LogarithmicFilterbank(fft_frequencies(CFG.pitch_n_fft // 2 + 1, CFG.sample_rate), num_bands=24,
+                                fmin=65.0, fmax=2100.0, norm_filters=True, unique_filters=True)
+    assert fb.shape == (CFG.pitch_n_fft // 2 + 1, CFG.n_pitch_bands) == ref.shape
+    np.testing.assert_array_equal(fb, np.asarray(ref, np.float32))
+    paper = dataclasses.replace(CFG, pitch_bands_per_octave=0)
+    assert paper.n_bands == paper.n_mels and pitch_filterbank(paper) is None and filterbanks(paper).pitch is None
+    wave = synthetic_music(2.0, CFG.sample_rate)
+    both, mel_only = log_mel(wave, CFG).numpy(), log_mel(wave, paper).numpy()
+    assert mel_only.shape == (both.shape[0], 128)
+    np.testing.assert_allclose(both[:, :128], mel_only, atol=1e-6)
+
+
+def test_configs_saved_before_pitch_bands_keep_the_mel_frontend():
+    """A config.json or a layer saved by version 0.1 has no pitch fields: its model saw mel bands only."""
+    old = Config.from_dict({"version": "0.1.0", "frontend": {"n_mels": 128, "norm_mean": 0.25}})
+    assert old.frontend.pitch_bands_per_octave == 0 and old.frontend.n_bands == 128
+    assert Config.from_dict({"frontend": {"n_mels": 128}}).frontend.pitch_bands_per_octave == 24  # written by hand
+    assert Config.from_dict(Config().to_dict()).frontend == Config().frontend  # saved by this version
+    layer_config = LogMelSpectrogram.from_frontend(CFG).get_config()
+    for k in ("pitch_bands_per_octave", "pitch_n_fft", "pitch_fmin", "pitch_fmax"):
+        layer_config.pop(k)
+    legacy = LogMelSpectrogram.from_config(layer_config)
+    assert legacy.compute_output_shape((None, CFG.segment_samples)) == (None, CFG.num_frames, CFG.n_mels)

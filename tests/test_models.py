@@ -16,7 +16,8 @@ from disentangled_ml.models import (BACKBONES, ConditionMasks, L2Normalize, Trip
                                     build_triplet_model, slice_outputs)
 
 # 0.75 s at 22,050 Hz = 16,538 samples -> 1 + (16538 - 1024) // 512 = 31 frames.
-SMALL = {"frontend.n_mels": 32, "frontend.segment_seconds": 0.75, "model.width": 8}
+SMALL = {"frontend.n_mels": 32, "frontend.segment_seconds": 0.75, "model.width": 8,
+         "frontend.pitch_bands_per_octave": 6, "frontend.pitch_fmin": 110.0, "frontend.pitch_fmax": 880.0}
 TFLITE_FRIENDLY = {"InputLayer", "Reshape", "Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D",
                    "AveragePooling2D", "GlobalAveragePooling2D", "Dense", "Concatenate", "Add", "Multiply",
                    "Dropout"}
@@ -28,19 +29,20 @@ def small_config(**overrides):
 
 def test_small_config_shape():
     cfg = small_config()
-    assert (cfg.frontend.num_frames, cfg.frontend.n_mels) == (31, 32)
+    assert (cfg.frontend.num_frames, cfg.frontend.n_mels, cfg.frontend.n_pitch_bands) == (31, 32, 16)
+    assert cfg.frontend.n_bands == 48
 
 
 @pytest.mark.parametrize("family", sorted(BACKBONES))
 def test_backbones_build_and_embed_to_unit_norm(family):
     cfg = small_config(**{"model.backbone": family})
     backbone = build_backbone(cfg)
-    assert backbone.input_shape == (None, 31, 32)
+    assert backbone.input_shape == (None, 31, 48)
     assert backbone.output_shape == (None, 256)
     used = {type(layer).__name__ for layer in backbone.layers}
     assert used <= TFLITE_FRIENDLY, used - TFLITE_FRIENDLY
     model = build_embedding_model(cfg)
-    mel = np.random.default_rng(0).normal(size=(3, 31, 32)).astype(np.float32)
+    mel = np.random.default_rng(0).normal(size=(3, 31, 48)).astype(np.float32)
     out = model(mel, training=False)
     assert out["embedding"].shape == (3, 256) and out["raw_embedding"].shape == (3, 256)
     np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=1), 1.0, rtol=1e-5)
@@ -154,7 +156,7 @@ def toy_triplets(cfg, n, seed):
     +-1 in that condition's band of mel bins; track triplets use a second noisy copy
     of the anchor item as positive."""
     rng = np.random.default_rng(seed)
-    F, M = cfg.frontend.num_frames, cfg.frontend.n_mels
+    F, M = cfg.frontend.num_frames, cfg.frontend.n_bands
     C = len(cfg.conditions.names)
     band = M // C
 
@@ -272,10 +274,10 @@ def test_runs_under_mirrored_strategy():
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from disentangled_ml.config import Config
         from disentangled_ml.models import build_triplet_model
-        cfg = Config().replace(**{"frontend.n_mels": 16, "frontend.segment_seconds": 0.5, "model.width": 4,
-                                  "model.backbone": "plain"})
+        cfg = Config().replace(**{"frontend.n_mels": 16, "frontend.pitch_bands_per_octave": 0,
+                                  "frontend.segment_seconds": 0.5, "model.width": 4, "model.backbone": "plain"})
         rng = np.random.default_rng(0)
-        F, M = cfg.frontend.num_frames, cfg.frontend.n_mels
+        F, M = cfg.frontend.num_frames, cfg.frontend.n_bands
         from disentangled_ml.distributed import AverageMovingStatistics, _moving_statistics
         # examples of growing scale: the two replicas' halves of a batch have different statistics
         x = {k: (rng.normal(size=(16, F, M)) * (1 + np.arange(16)[:, None, None])).astype("float32")

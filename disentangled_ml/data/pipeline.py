@@ -18,7 +18,7 @@ Element format (what :class:`disentangled_ml.models.trainer.TripletModel` consum
     {"anchor": float32 [B, F, M], "positive": float32 [B, F, M],
      "negative": float32 [B, F, M], "condition": int32 [B]}
 
-with F = ``frontend.num_frames`` and M = ``frontend.n_mels``; condition ``C`` (the
+with F = ``frontend.num_frames`` and M = ``frontend.n_bands`` (mel, then pitch bands); condition ``C`` (the
 number of conditions) marks a track triplet. Each batch also carries what is known
 about every crop (``crop_track``, ``crop_excerpt``, ``crop_frame``, ``crop_tempo``,
 ``crop_classes_<condition>``, all ``[B, 3, ...]``; see
@@ -42,7 +42,7 @@ from disentangled_ml.config import Config, ConfigError
 from disentangled_ml.data.labels import LabelTables
 from disentangled_ml.data.manifest import Track
 from disentangled_ml.data.mining import condition_mix, crop_labels, mine_triplets
-from disentangled_ml.features import log_mel, mel_filterbank
+from disentangled_ml.features import filterbanks, log_mel
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ def training_dataset(tracks: Sequence[Track], tables: LabelTables, rows: Sequenc
 
     classes = [tf.constant(m) for m in tables.classes]
     tempo = tf.constant(tables.tempo)
-    mel_matrix = tf.constant(mel_filterbank(fe))
+    banks = filterbanks(fe, as_tensors=True)
     seg = fe.num_frames
     frame_range = tf.range(seg)
 
@@ -345,7 +345,7 @@ def training_dataset(tracks: Sequence[Track], tables: LabelTables, rows: Sequenc
 
     def mine_pool(pool_el, s):
         row, pcm, frames = pool_el
-        mel = log_mel(tf.cast(pcm, tf.float32) * INT16_SCALE, fe, mel_matrix)  # [P, Fe, M]
+        mel = log_mel(tf.cast(pcm, tf.float32) * INT16_SCALE, fe, banks)  # [P, Fe, M]
         pool_classes = [tf.gather(c, row) for c in classes]
         pool_tempo = tf.gather(tempo, row)
         trip = mine_triplets(s, pool_classes, pool_tempo, row, frames, per_pool, probs, config)

@@ -125,13 +125,13 @@ def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
 
     Args:
         cfg: the project configuration. Reads ``frontend.num_frames``,
-            ``frontend.n_mels``, ``model.backbone``, ``model.width``,
+            ``frontend.n_bands``, ``model.backbone``, ``model.width``,
             ``model.dropout``, ``model.batchnorm_momentum`` and
             ``conditions.embedding_dim``.
         name: the Keras model name.
 
     Returns:
-        keras.Model: input float32 ``[batch, num_frames, n_mels]`` (log-mel, time
+        keras.Model: input float32 ``[batch, num_frames, n_bands]`` (log-mel and pitch bands, time
         first; the channel axis is added inside), output float32
         ``[batch, embedding_dim]``, *not* normalised (the embedding model
         L2-normalises; learned masks penalise this vector's norm).
@@ -144,7 +144,7 @@ def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
         raise ConfigError(f"model.backbone={family!r} is not one of {sorted(BACKBONES)}.")
     block = BACKBONES[family]
     width = cfg.model.width
-    frames, mels = cfg.frontend.num_frames, cfg.frontend.n_mels
+    frames, mels = cfg.frontend.num_frames, cfg.frontend.n_bands
 
     inputs = keras.Input((frames, mels), name="mel")
     x = layers.Reshape((frames, mels, 1), name="add_channel")(inputs)

@@ -66,7 +66,7 @@ def build_embedding_model(cfg: Config, waveform_input: bool = False, name: str =
     Returns:
         keras.Model with input
 
-        * ``"mel"``: float32 ``[batch, num_frames, n_mels]``, or with
+        * ``"mel"``: float32 ``[batch, num_frames, n_bands]`` (log-mel, then pitch bands), or with
           ``waveform_input`` ``"audio"``: float32 ``[batch, segment_samples]`` in [-1, 1]
           at ``frontend.sample_rate`` Hz;
 
@@ -76,7 +76,7 @@ def build_embedding_model(cfg: Config, waveform_input: bool = False, name: str =
         * ``"raw_embedding"``: float32 ``[batch, embedding_dim]``, the backbone output
           before normalisation.
     """
-    frames, mels = cfg.frontend.num_frames, cfg.frontend.n_mels
+    frames, mels = cfg.frontend.num_frames, cfg.frontend.n_bands
     inputs = keras.Input((frames, mels), name="mel")
     raw = build_backbone(cfg)(inputs)
     embedding = L2Normalize(name=EMBEDDING_OUTPUT)(raw)
@@ -103,7 +103,7 @@ def add_frontend(cfg: Config, embedding_model: keras.Model, name: Optional[str] 
     """
     from disentangled_ml.features import LogMelSpectrogram  # the frontend is only needed here
 
-    expected = (None, cfg.frontend.num_frames, cfg.frontend.n_mels)
+    expected = (None, cfg.frontend.num_frames, cfg.frontend.n_bands)
     if tuple(embedding_model.input_shape) != expected:
         raise ConfigError(f"add_frontend: the embedding model takes {embedding_model.input_shape}, but the "
                           f"config's frontend gives {expected}; build both from the same Config.")
