@@ -154,6 +154,27 @@ class _AtomicCheckpoints(keras.callbacks.Callback):
             self._save(self.best_path)
 
 
+class _AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` whose two files are replaced whole.
+
+    Keras writes ``latest.weights.h5`` in place. A kill during that write leaves a truncated
+    file, and when there is no earlier copy to fall back on (``double_checkpoint`` only has
+    one from the second save on) the resumed run dies on it ("bad object header version
+    number"). Here each file is written beside its target and renamed over it, so the backup
+    always holds a whole epoch's state. A kill between the two renames leaves the new weights
+    with the previous epoch number: that epoch runs again, as with Keras's own order.
+    """
+
+    def _save_model(self):
+        tf.io.gfile.makedirs(self.backup_dir)
+        partial = self._weights_path[: -len(".weights.h5")] + ".partial.weights.h5"
+        self.model.save_weights(partial, overwrite=True)
+        with tf.io.gfile.GFile(self._training_metadata_path + ".partial", "w") as f:
+            f.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+        tf.io.gfile.rename(partial, self._weights_path, overwrite=True)
+        tf.io.gfile.rename(self._training_metadata_path + ".partial", self._training_metadata_path, overwrite=True)
+
+
 def _write_splits(path: str, tracks: Sequence[Track], splits: Dict[str, List[int]]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -435,8 +456,8 @@ def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verb
     # Order matters at each epoch end: loggers that add to the logs (learning rate, decode
     # counts) first, then the CSV/TensorBoard writers and checkpoints, the schedule, and the
     # BackupAndRestore state last. A kill between two of them then repeats at most one epoch's
-    # history row instead of losing it; double_checkpoint keeps the previous backup in case the
-    # kill lands inside the backup write itself.
+    # history row instead of losing it; the backup's files are replaced whole, so a kill inside
+    # the backup write itself leaves the previous epoch's.
     # With several GPUs the replicas' batch-norm statistics are averaged first, before anything
     # reads or saves them.
     callbacks = [distributed.AverageMovingStatistics(strategy), lr_logger] + (
@@ -446,7 +467,7 @@ def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verb
         _AtomicCheckpoints(os.path.join(ckpt_dir, "last.keras"), os.path.join(run_dir, "best.keras"),
                            best=best_score(run_dir)),
     ] + schedule + [
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"), double_checkpoint=True),
+        _AtomicBackupAndRestore(os.path.join(run_dir, "backup")),
     ]
     history = model.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=config.train.steps_per_epoch,
                         validation_data=val_ds, validation_steps=val_steps, initial_epoch=initial_epoch,

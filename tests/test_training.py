@@ -100,3 +100,52 @@ def test_training_resumes_after_kill(prepared, tmp_path):
     assert epochs[-1] == 3 and sorted(set(epochs)) == [0, 1, 2, 3]
     assert len(epochs) <= 5  # at most the interrupted epoch's row repeats
     assert json.load(open(os.path.join(run, "run.json")))["epochs_total"] >= 4
+
+
+def test_backup_killed_mid_write_keeps_the_previous_epoch(tmp_path):
+    """A kill while the backup's weights are being written must leave the last complete state. Keras's
+    own callback writes in place: killed in its first save (no older copy for double_checkpoint to fall
+    back on) it leaves a truncated file, and the resumed run dies on it."""
+    import keras
+    import numpy as np
+
+    from disentangled_ml.training import _AtomicBackupAndRestore
+
+    def model():
+        m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        m.compile("sgd", "mse")
+        return m
+
+    def killed(filepath, overwrite=True):
+        with open(filepath, "wb") as f:
+            f.write(b"\x89HDF\r\n\x1a\n truncated")  # what a kill mid-write leaves
+        raise KeyboardInterrupt("killed")
+
+    def resume(backup_dir):
+        m = model()
+        restore = _AtomicBackupAndRestore(backup_dir)
+        restore.set_model(m)
+        restore.on_train_begin()  # raised OSError for Keras's callback after a kill in its first save
+        return m, getattr(m, "_initial_epoch", None)
+
+    backup_dir = str(tmp_path / "backup")
+    first = model()
+    backup = _AtomicBackupAndRestore(backup_dir)
+    backup.set_model(first)
+    real_save = first.save_weights
+    first.save_weights = killed
+    with pytest.raises(KeyboardInterrupt):
+        backup.on_epoch_end(0)  # killed in the very first save: nothing to restore, nothing broken
+    assert resume(backup_dir)[1] is None
+
+    first.save_weights = real_save
+    backup.on_epoch_end(0)  # state after epoch 0 -> resume at epoch 1
+    saved = [w.copy() for w in first.get_weights()]
+    first.set_weights([w + 1.0 for w in saved])
+    first.save_weights = killed
+    with pytest.raises(KeyboardInterrupt):
+        backup.on_epoch_end(1)
+    resumed, epoch = resume(backup_dir)
+    assert epoch == 1
+    for got, want in zip(resumed.get_weights(), saved):
+        np.testing.assert_array_equal(got, want)
