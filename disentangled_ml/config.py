@@ -62,7 +62,7 @@ class FrontendConfig:
     # its chord-recognition CNN, on a longer STFT centred on the same frames. The mel
     # bands are 26 Hz wide below 1 kHz and the 1024-sample STFT's bins 21.5 Hz, wider
     # than a semitone below ~370 Hz, so major and minor harmony look alike there; see
-    # README "Frontend" for the measurement that made this the default.
+    # README, "The frontend", for the measurement that made this the default.
     pitch_bands_per_octave: int = 24
     pitch_n_fft: int = 4096  # samples (186 ms at 22,050 Hz: 5.4 Hz bins)
     pitch_fmin: float = 65.0  # Hz (about C2)

@@ -7,7 +7,7 @@ statistics. By default *pitch bands* follow them on the frequency axis: a
 log-frequency spectrogram (madmom's ``LogarithmicFilterbank``, 24 bands an octave,
 65-2100 Hz, the input of madmom's chord CNN) from a 4096-sample window centred on the
 same frames, with the same compression. The mel bands cannot tell a major from a
-minor third below a few hundred Hz; these can (README "Frontend").
+minor third below a few hundred Hz; these can (README, "The frontend").
 ``frontend.pitch_bands_per_octave = 0`` gives the paper's frontend alone. Every
 number comes from :class:`disentangled_ml.config.FrontendConfig`.
 
@@ -36,8 +36,8 @@ import tensorflow as tf
 
 from disentangled_ml.config import ConfigError, FrontendConfig
 
-__all__ = ["mel_filterbank", "pitch_filterbank", "Filterbanks", "filterbanks", "filterbank_weight_shapes", "log_mel", "log_mel_librosa",
-           "LogMelSpectrogram", "frontend_kwargs"]
+__all__ = ["mel_filterbank", "pitch_filterbank", "Filterbanks", "filterbanks", "filterbank_weight_shapes", "log_mel",
+           "log_mel_librosa", "LogMelSpectrogram", "frontend_kwargs"]
 
 _LN10 = math.log(10.0)
 
@@ -71,7 +71,7 @@ def pitch_filterbank(cfg: FrontendConfig) -> Optional[np.ndarray]:
     """The pitch bands' log-frequency filterbank, transposed for right-multiplication.
 
     madmom's ``LogarithmicFilterbank`` (triangular filters, ``pitch_bands_per_octave``
-    a octave between ``pitch_fmin`` and ``pitch_fmax``, tuned to A4 = 440 Hz, each
+    an octave between ``pitch_fmin`` and ``pitch_fmax``, tuned to A4 = 440 Hz, each
     normalised to unit area, filters that land on the same STFT bin merged), on the
     bins of a ``pitch_n_fft`` STFT. Cached: the config asks for its band count.
 
