@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from typing import List, Optional
+
+from disentangled_ml import tf_environment
 
 # name on the command line -> module in disentangled_ml.cli
 SUBCOMMANDS = {
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the CLI
+    # before any subcommand imports TensorFlow: its log level and, on x86-64, its oneDNN kernels
+    tf_environment.configure()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 
 HELP = "print versions, devices and which native components load"
@@ -70,6 +71,9 @@ def collect() -> dict:
         info["devices"] = [f"{d.device_type}:{d.name}" for d in tf.config.list_physical_devices()]
     except Exception as e:
         info["devices"] = f"NOT AVAILABLE ({e})"
+    # set by `dml` on x86-64 unless the environment already had it (disentangled_ml.tf_environment)
+    info["tensorflow_onednn"] = os.environ.get(
+        "TF_ENABLE_ONEDNN_OPTS", "unset (TensorFlow's default: on only with AVX512_VNNI/BF16, AVX_VNNI or AMX)")
     info["tensorflow_io_native"] = _check_tfio_native()
     info["madmom"] = _check_madmom()
     return info
