@@ -1,4 +1,4 @@
-"""The training input pipeline: decode -> excerpt -> pool -> log-mel -> mine -> batch, all in tf.data.
+"""The training input pipeline: decode -> excerpt -> log-mel -> pool -> mine -> batch, all in tf.data.
 
 Why pools: a triplet needs random access to tracks by label, but a real collection
 does not fit in memory. The pipeline streams tracks in a shuffled order, keeps one
@@ -7,7 +7,7 @@ into a pool and mines ``data.triplets_per_track`` triplets per track *inside* th
 (:func:`disentangled_ml.data.mining.mine_triplets`). The next pool brings other
 tracks and other excerpts, so over epochs every pair of tracks can meet.
 
-Why mel on the excerpt: the log-mel of an excerpt is computed once per pool, and
+Why mel on the excerpt: the log-mel of an excerpt is computed once per pass, and
 every 3 s crop is a slice of it at a frame boundary. With ``center=False`` framing
 that slice is bit-for-bit the log-mel of the waveform crop starting at
 ``frame * hop_length`` samples, and it saves the STFT of every crop (3 crops per
@@ -340,12 +340,17 @@ def training_dataset(tracks: Sequence[Track], tables: LabelTables, rows: Sequenc
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seeds[1]).batch(2)))
     ds = ds.map(lambda track, s: _excerpt(config)(track[0], track[1], s),
                 num_parallel_calls=autotune, deterministic=True)
+    # The log-mel of each excerpt on its own, before the excerpts are batched into a pool:
+    # one pool's STFT at once held [pool_size, frames, pitch_n_fft] float32 frames plus the
+    # complex spectrum (~6 GB for 256 excerpts of 12 s with the 4096-sample pitch window), and
+    # AUTOTUNE ran several pools at a time. Per excerpt it is ~30 MB, for the same arithmetic.
+    ds = ds.map(lambda row, pcm, frames: (row, log_mel(tf.cast(pcm, tf.float32) * INT16_SCALE, fe, banks), frames),
+                num_parallel_calls=autotune, deterministic=True)
     ds = ds.batch(pool, drop_remainder=True)
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seeds[2]).batch(2)))
 
     def mine_pool(pool_el, s):
-        row, pcm, frames = pool_el
-        mel = log_mel(tf.cast(pcm, tf.float32) * INT16_SCALE, fe, banks)  # [P, Fe, M]
+        row, mel, frames = pool_el  # mel: [P, Fe, M]
         pool_classes = [tf.gather(c, row) for c in classes]
         pool_tempo = tf.gather(tempo, row)
         trip = mine_triplets(s, pool_classes, pool_tempo, row, frames, per_pool, probs, config)
