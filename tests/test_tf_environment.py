@@ -28,9 +28,10 @@ def test_leaves_onednn_to_tensorflow_off_x86_64():
 
 
 def test_dml_sets_it_before_a_subcommand_runs():
-    # `dml info` runs through cli.main, which must set the variable before TensorFlow loads
+    # every subcommand runs through cli.main, which must set the variable before TensorFlow loads
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    code = ("import os; from disentangled_ml.cli import main; "
+    code = ("import os, sys; from disentangled_ml.cli import main; "
+            "assert 'tensorflow' not in sys.modules, 'importing the CLI loaded TensorFlow'; "
             "import contextlib, io\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    try: main(['synth', '--help'])\n"
