@@ -47,23 +47,30 @@ def synthetic_batch(cfg, batch_size: int, seed: int = 0):
     return x
 
 
-def time_modes(width: int, batch_size: int, rounds: int, steps: int):
+def compiled_train_step(cfg):
+    """(step, batch): the model of ``cfg``'s compiled training step, traced and warmed up on a
+    :func:`synthetic_batch` of ``train.batch_size`` triplets; call ``step((batch,))`` to time it."""
     import keras
     import tensorflow as tf
 
-    from disentangled_ml.config import Config
     from disentangled_ml.models import build_triplet_model
+
+    keras.utils.set_random_seed(0)
+    model = build_triplet_model(cfg)
+    batch = {k: tf.constant(v) for k, v in synthetic_batch(cfg, cfg.train.batch_size).items()}
+    step = tf.function(model.train_step, reduce_retracing=True)
+    for _ in range(2):  # trace (twice: the first call also creates the optimizer variables) + warm up
+        step((batch,))
+    return step, batch
+
+
+def time_modes(width: int, batch_size: int, rounds: int, steps: int):
+    from disentangled_ml.config import Config
 
     models, batch = {}, None
     for mode in MODES:
         cfg = Config().replace(**{"model.width": width, "data.mining": mode, "train.batch_size": batch_size})
-        keras.utils.set_random_seed(0)
-        model = build_triplet_model(cfg)
-        batch = {k: tf.constant(v) for k, v in synthetic_batch(cfg, batch_size).items()}
-        step = tf.function(model.train_step, reduce_retracing=True)
-        for _ in range(2):  # trace (twice: the first call also creates the optimizer variables) + warm up
-            step((batch,))
-        models[mode] = step
+        models[mode], batch = compiled_train_step(cfg)
     times = {mode: [] for mode in MODES}
     for r in range(rounds + 1):  # round 0 is a warm-up, not timed (first runs of each graph are slow)
         for mode in MODES:

@@ -35,22 +35,13 @@ def _child(width: int, steps: int) -> None:
     import resource
     import time
 
-    import keras
-    import tensorflow as tf
-
     sys.path.insert(0, HERE)
-    from mining import synthetic_batch
+    from mining import compiled_train_step
 
     from disentangled_ml.config import Config
-    from disentangled_ml.models import build_triplet_model
 
     cfg = Config().replace(**{"model.width": width})
-    keras.utils.set_random_seed(0)
-    model = build_triplet_model(cfg)
-    batch = {k: tf.constant(v) for k, v in synthetic_batch(cfg, cfg.train.batch_size).items()}
-    step = tf.function(model.train_step, reduce_retracing=True)
-    for _ in range(2):  # trace (twice: the first call also creates the optimizer variables) + warm up
-        step((batch,))
+    step, batch = compiled_train_step(cfg)
     t0 = time.perf_counter()
     for _ in range(steps):
         out = step((batch,))
@@ -100,14 +91,13 @@ def main(argv=None) -> int:
               f"oneDNN off {med['0']:6.2f} s/step  on {med['1']:6.2f} s/step  x{med['0'] / med['1']:.2f} faster  "
               f"peak RSS {max(rss['0']):.0f} / {max(rss['1']):.0f} MB",
               flush=True)
-    cpu = ""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            lines = f.read().splitlines()
     except OSError:
-        flags = []
+        lines = []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu,
