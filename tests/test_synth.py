@@ -1,4 +1,5 @@
-"""`dml synth`: files, manifest, determinism, decodability in tf.data, madmom tempo, errors, factor independence."""
+"""`dml synth`: files, manifest, determinism, decodability in tf.data, madmom tempo, errors, factor independence,
+the drumless variant (--no-percussion)."""
 
 from __future__ import annotations
 
@@ -48,8 +49,12 @@ def test_cli_writes_wav_flac_ogg_and_a_contract_manifest(collection):
         assert t.labels["mood"][0] in synth.MOODS
         assert t.labels["instrument"][0] in synth.INSTRUMENTS
         assert synth.TEMPO_RANGE[0] <= t.tempo <= synth.TEMPO_RANGE[1] and round(t.tempo, 1) == t.tempo
-    # Nothing but the tracks and the manifest (no temporary files left behind).
-    assert sorted(os.listdir(collection)) == sorted(["manifest.csv"] + [os.path.basename(t.path) for t in tracks])
+    # Nothing but the tracks, the manifest and synth.json (no temporary files left behind).
+    assert sorted(os.listdir(collection)) == sorted(["manifest.csv", "synth.json"]
+                                                    + [os.path.basename(t.path) for t in tracks])
+    assert synth.read_info(collection) == {"synth_version": synth.SYNTH_VERSION, "seed": 3, "tracks": 6,
+                                           "min_seconds": 4.0, "max_seconds": 5.0,
+                                           "sample_rate": synth.SAMPLE_RATE, "percussion": True}
 
 
 def test_manifest_reads_back_unchanged(collection, tmp_path):
@@ -200,7 +205,8 @@ def test_non_empty_folder_needs_overwrite_which_replaces_old_tracks(tmp_path, ca
     err = _expect_usage_error(capsys, out, "--tracks", 1, "--min-seconds", 3, "--max-seconds", 3, "--no-progress")
     assert str(out) in err and "--overwrite" in err
     assert _run_cli(out, "--tracks", 1, "--min-seconds", 3, "--max-seconds", 3, "--no-progress", "--overwrite") == 0
-    assert sorted(os.listdir(out)) == ["manifest.csv", "notes.txt", "synth_0001.wav"]  # stale synth_0002 removed
+    # stale synth_0002 removed
+    assert sorted(os.listdir(out)) == ["manifest.csv", "notes.txt", "synth.json", "synth_0001.wav"]
 
 
 def test_python_api_rejects_bad_values():
@@ -231,3 +237,71 @@ def test_factors_are_drawn_independently_and_uniformly():
             chi2, p, _, _ = chi2_contingency(cont)
             cramers_v = np.sqrt(chi2 / (len(specs) * (min(cont.shape) - 1)))
             assert p > 1e-3 and cramers_v < 0.1, f"{a} and {b} look dependent: p={p:.2g}, V={cramers_v:.3f}"
+
+
+# --------------------------------------------------------------------------- drumless variant
+
+
+def _high_band_share(y: np.ndarray) -> float:
+    """Share of the energy above 5 kHz: the noise of snare, hi-hat, ride and shaker lives there."""
+    power = np.abs(np.fft.rfft(y)) ** 2
+    return float(power[np.fft.rfftfreq(len(y), 1.0 / synth.SAMPLE_RATE) > 5000].sum() / power.sum())
+
+
+def test_drumless_track_is_the_drummed_one_without_its_drums(monkeypatch):
+    specs = [dataclasses.replace(s, genre=g) for s, g in zip(synth.draw_track_specs(4, 9, 4, 4), synth.GENRES)]
+    drummed = [synth.render_track(s, 9) for s in specs]
+    drumless = [synth.render_track(s, 9, percussion=False) for s in specs]
+    for spec, a, b in zip(specs, drummed, drumless):
+        assert b.shape == a.shape and not np.allclose(a, b), spec.genre
+        np.testing.assert_array_equal(b, synth.render_track(spec, 9, percussion=False))  # deterministic
+        # No drum noise: the band above 5 kHz loses nearly all its energy (measured: 100x or more).
+        assert _high_band_share(b) < 0.1 * _high_band_share(a), (spec.genre, _high_band_share(a), _high_band_share(b))
+        # Same peak normalisation; without drum transients the RMS comes out higher, not collapsed.
+        assert 0.8 < np.max(np.abs(b)) < 0.95
+        assert synth._rms(b) > 0.9 * synth._rms(a), spec.genre
+
+    # The only differences are the drums and the drumless beat pulse: with the drums rendered (so
+    # every random draw happens) but silenced, and the pulse muted, the two renders are identical.
+    render_drums = synth._render_drums
+
+    def silenced(buf, *args):
+        render_drums(buf, *args)
+        buf[:] = 0.0
+
+    monkeypatch.setattr(synth, "_render_drums", silenced)
+    monkeypatch.setattr(synth, "_PULSE_DB", -np.inf)
+    for spec, b in zip(specs, drumless):
+        np.testing.assert_array_equal(synth.render_track(spec, 9), synth.render_track(spec, 9, percussion=False))
+        # the pulse is only for latin, whose syncopated parts do not mark the beat by themselves
+        assert np.array_equal(synth.render_track(spec, 9, percussion=False), b) == (spec.genre != "latin")
+
+
+def test_madmom_hears_the_tempo_from_the_note_onsets_alone():
+    from disentangled_ml.data.tempo import estimate_tempo
+
+    # latin at 140 BPM: without the beat pulse madmom hears 93.8 BPM (2/3) here
+    cases = (("latin", 140.0), ("electronic", 96.5), ("jazz", 150.0))
+    results = []
+    for spec, (genre, bpm) in zip(synth.draw_track_specs(3, 4, 8, 8), cases):
+        spec = dataclasses.replace(spec, genre=genre, tempo=bpm)
+        est = estimate_tempo(synth.render_track(spec, 4, percussion=False), synth.SAMPLE_RATE)
+        ok = est is not None and min(abs(est / (bpm * f) - 1) for f in (0.5, 1.0, 2.0)) <= 0.04
+        results.append((genre, bpm, est, ok))
+    assert all(r[-1] for r in results), results
+
+
+def test_no_percussion_flag_gives_the_same_manifest_and_drumless_audio(collection, tmp_path):
+    out = tmp_path / "drumless"
+    assert _run_cli(out, "--tracks", 6, "--seed", 3, "--jobs", 1, "--no-percussion", *SHORT) == 0
+    with open(os.path.join(collection, "manifest.csv"), "rb") as a, open(out / "manifest.csv", "rb") as b:
+        assert a.read() == b.read()  # same specs, track by track
+    info = synth.read_info(str(out))
+    assert info["percussion"] is False and info["seed"] == 3 and info["synth_version"] == synth.SYNTH_VERSION
+    assert synth.read_info(collection)["percussion"] is True
+    spec = synth.draw_track_specs(6, 3, 4, 5)[0]
+    y, _ = sf.read(out / spec.filename, dtype="float32")  # 16-bit WAV of the drumless render
+    np.testing.assert_allclose(y, synth.render_track(spec, 3, percussion=False), atol=1.0 / 32768)
+    drummed = _decoded(collection)
+    for name, y in _decoded(out).items():
+        assert y.shape == drummed[name].shape and not np.allclose(y, drummed[name], atol=1e-2), name

@@ -5,6 +5,9 @@ style), mood (major/minor harmony and brightness), instrument (timbre of the lea
 melody) and tempo (BPM, uniform). Key, levels, detuning, room and noise are random
 nuisances. The same --seed gives the same manifest and the same decoded audio for
 any --jobs. Files cycle through wav (16-bit), flac (16-bit) and ogg (Vorbis).
+--no-percussion writes the drumless variant: the same manifest and pitched parts
+without drums, so tempo lives only in the note onsets and mode only in the harmony.
+OUT_DIR/synth.json records the variant, seed and synthesiser version.
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=synth.default_jobs(),
                         help="worker processes (tracks are rendered in parallel)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="allow a non-empty OUT_DIR; earlier synth_*.wav/flac/ogg and manifest.csv "
+                        help="allow a non-empty OUT_DIR; earlier synth_*.wav/flac/ogg, manifest.csv and synth.json "
                              "there are replaced, other files kept")
+    parser.add_argument("--no-percussion", action="store_true",
+                        help="drumless variant: same labels and pitched parts, no drums (tempo only in the note "
+                             "onsets, genre only in the accompaniment and bass); recorded in OUT_DIR/synth.json")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -52,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = synth.synthesize_collection(
             args.out_dir, args.tracks, args.seed, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
             jobs=args.jobs, overwrite=args.overwrite, progress=not args.no_progress,
+            percussion=not args.no_percussion,
         )
     except synth.SynthError as e:
         # the library names arguments by their Python names; speak the CLI's language
@@ -61,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             msg = msg.replace(py, cli)
         raise CliError(msg) from None
     elapsed = time.perf_counter() - start
+    variant = "; no percussion" if args.no_percussion else ""
     print(f"wrote {args.tracks} tracks and {manifest} in {elapsed:.1f} s "
-          f"({os.path.dirname(manifest)}; seed {args.seed})")
+          f"({os.path.dirname(manifest)}; seed {args.seed}{variant})")
     return 0
