@@ -27,6 +27,9 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _common import cpu_info, onednn_auto_flags  # noqa: E402
+
 SETTINGS = ("0", "1")
 
 
@@ -91,18 +94,11 @@ def main(argv=None) -> int:
               f"oneDNN off {med['0']:6.2f} s/step  on {med['1']:6.2f} s/step  x{med['0'] / med['1']:.2f} faster  "
               f"peak RSS {max(rss['0']):.0f} / {max(rss['1']):.0f} MB",
               flush=True)
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        lines = []
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    cpu = cpu_info()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu,
-                               "avx512_vnni_bf16_amx": sorted(x for x in flags if x.startswith(("avx512_vnni",
-                                                              "avx512_bf16", "avx_vnni", "amx")))},
+        json.dump({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu["cpu"],
+                               "avx512_vnni_bf16_amx": onednn_auto_flags(cpu["flags"])},
                    "rounds": args.rounds, "steps_per_process": args.steps, "results": results}, f, indent=2)
     print(f"wrote {args.out}")
     return 0
