@@ -7,4 +7,4 @@ Data flows one way (see DESIGN.md):
 manifest -> prepare -> tf.data pipeline -> model + loss -> evaluation -> export -> embed/search.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -185,6 +185,12 @@ class DataConfig:
     # machine's RAM, else none (each pass decodes again), with a warning.
     cache: str = "auto"
     cache_memory_fraction: float = 0.5
+    # What the cache holds. True: the frontend's output of each whole track (float16), computed
+    # once, so every later pass cuts excerpts and crops as frame slices of it and computes no
+    # STFT at all. False: the decoded audio (int16), with the log-mel of each excerpt computed
+    # again every pass (the 0.2 pipeline). With data.cache resolving to "none" nothing is cached
+    # and the excerpt path is used either way.
+    cache_features: bool = True
     silence_rms_db: float = -60.0  # a file whose RMS is below this (dBFS) is rejected as silent.
     # Range of madmom's tempo search in `dml prepare` (madmom's own defaults).
     tempo_min_bpm: float = 40.0
@@ -218,12 +224,35 @@ class DataConfig:
         _check(self.shard_cycle_length >= 1, "data.shard_cycle_length", self.shard_cycle_length, ">= 1 shard")
 
 
+#: Backbone families (:mod:`disentangled_ml.models.backbones`) and what a config that names one
+#: without a width or onset lags gets. The four paper families keep the paper's shape (a 5x5 stem
+#: at full resolution, width 64, no onset branch), so a config that names the 0.2 default
+#: (``"inception"``) builds the 0.2 network. ``inception_lite`` is the default since 0.3: the same
+#: Inception blocks behind a strided 3x3 stem, width 32, plus the onset-autocorrelation branch;
+#: it was chosen by measured time to accuracy (benchmarks/RESULTS.md, "Time to accuracy").
+BACKBONE_DEFAULTS: Dict[str, Dict[str, int]] = {
+    "plain": {"width": 64, "onset_lags": 0},
+    "resnet": {"width": 64, "onset_lags": 0},
+    "se": {"width": 64, "onset_lags": 0},
+    "inception": {"width": 64, "onset_lags": 0},
+    "inception_lite": {"width": 32, "onset_lags": 96},
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Backbone and masks."""
+    """Backbone and masks.
 
-    backbone: str = "inception"  # "plain", "resnet", "se" or "inception" (the paper's best).
-    width: int = 64  # filters of the stem; blocks scale from it.
+    ``width`` and ``onset_lags`` left at None take the family's value from
+    :data:`BACKBONE_DEFAULTS`; the saved config always holds the resolved numbers.
+    """
+
+    backbone: str = "inception_lite"  # a key of BACKBONE_DEFAULTS; "inception" is the paper's network.
+    width: Optional[int] = None  # filters of the stem; blocks scale from it. None: the family's.
+    # Onset-autocorrelation branch (a tempogram in the graph): the autocorrelation of the
+    # log-mel's spectral flux at lags 1..onset_lags frames (96 frames = 2.2 s, two beats at
+    # 55 BPM), fed next to the CNN's pooled features. 0 = none. None: the family's.
+    onset_lags: Optional[int] = None
     mask_mode: str = "fixed"  # "fixed" slices, "learned" (CSN) or "none" (one global space).
     dropout: float = 0.0
     # Batch-norm moving-statistics momentum (Keras' default); lower it for short runs,
@@ -231,9 +260,16 @@ class ModelConfig:
     batchnorm_momentum: float = 0.99
 
     def __post_init__(self) -> None:
-        _check(self.backbone in ("plain", "resnet", "se", "inception"), "model.backbone", self.backbone,
-               "'plain', 'resnet', 'se' or 'inception'")
-        _check(self.width >= 4, "model.width", self.width, ">= 4 filters")
+        _check(self.backbone in BACKBONE_DEFAULTS, "model.backbone", self.backbone,
+               "one of " + ", ".join(repr(b) for b in BACKBONE_DEFAULTS))
+        family = BACKBONE_DEFAULTS[self.backbone]
+        if self.width is None:
+            object.__setattr__(self, "width", family["width"])
+        if self.onset_lags is None:
+            object.__setattr__(self, "onset_lags", family["onset_lags"])
+        _check(isinstance(self.width, int) and self.width >= 4, "model.width", self.width, "an integer >= 4 filters")
+        _check(isinstance(self.onset_lags, int) and self.onset_lags >= 0, "model.onset_lags", self.onset_lags,
+               "an integer >= 0 frames (0 = no onset branch)")
         _check(self.mask_mode in ("fixed", "learned", "none"), "model.mask_mode", self.mask_mode,
                "'fixed', 'learned' or 'none'")
         _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "in [0, 1)")
@@ -260,31 +296,57 @@ class LossConfig:
         _check(0 < self.hard_fraction <= 1, "loss.hard_fraction", self.hard_fraction, "in (0, 1]")
 
 
+#: Values of ``train.lr_schedule``.
+LR_SCHEDULES = ("cosine", "plateau")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser and schedule (the paper's: Adam, divided by 5 on a plateau; its initial rate was 0.01)."""
+    """Optimiser, schedule and stopping rule.
+
+    ``lr_schedule="cosine"`` (the default since 0.3): a linear warm-up over ``warmup_steps``
+    to ``learning_rate``, then a cosine decay to ``learning_rate * lr_final_fraction`` at
+    ``epochs * steps_per_epoch`` steps, so the run's length is known when it starts and
+    ends on a small step. ``"plateau"`` is the paper's: Adam at ``learning_rate``,
+    multiplied by ``lr_factor`` when the validation loss stalls for ``lr_patience`` epochs.
+    Both stop early after ``early_stopping_patience`` epochs without a better validation
+    mean triplet accuracy and keep the best epoch's weights.
+    """
 
     batch_size: int = 32  # triplets per step
-    # Adam's initial step. 1e-3, not the paper's 0.01: with the default width-64 Inception
-    # at 0.01 the instrument slice stayed at chance (training triplets too) until the first
-    # plateau drop, 1,350 steps in; at 1e-3 it learnt from the start (0.70 on training
-    # triplets after 450 steps), on the same data (benchmarks/RESULTS.md).
+    # Adam's peak step. 1e-3, not the paper's 0.01: with the width-64 Inception at 0.01 the
+    # instrument slice stayed at chance until the first plateau drop (benchmarks/RESULTS.md).
     learning_rate: float = 1e-3
-    lr_factor: float = 0.2  # learning rate multiplied by this when validation loss stalls
-    lr_patience: int = 3  # epochs
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 200  # cosine: linear warm-up from 0 (Adam's first steps are the noisiest)
+    lr_final_fraction: float = 0.01  # cosine: the last step's rate, as a fraction of learning_rate
+    lr_factor: float = 0.2  # plateau: learning rate multiplied by this when validation loss stalls
+    lr_patience: int = 3  # plateau: epochs
     early_stopping_patience: int = 8  # epochs without a better validation mean triplet accuracy
-    epochs: int = 100
-    steps_per_epoch: int = 500
+    # 3,000 steps: about 45 minutes of `dml train` on a 2-core x86 CPU with the default network
+    # (benchmarks/RESULTS.md, "Time to accuracy").
+    epochs: int = 12
+    steps_per_epoch: int = 250
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")
+        _check(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", self.lr_schedule,
+               "one of " + ", ".join(repr(m) for m in LR_SCHEDULES))
+        _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "train.warmup_steps",
+               self.warmup_steps, "an integer >= 0 steps")
+        _check(0 <= self.lr_final_fraction <= 1, "train.lr_final_fraction", self.lr_final_fraction, "in [0, 1]")
         _check(0 < self.lr_factor < 1, "train.lr_factor", self.lr_factor, "in (0, 1)")
         _check(self.lr_patience >= 1, "train.lr_patience", self.lr_patience, ">= 1 epoch")
         _check(self.early_stopping_patience >= 1, "train.early_stopping_patience",
                self.early_stopping_patience, ">= 1 epoch")
         _check(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
         _check(self.steps_per_epoch >= 1, "train.steps_per_epoch", self.steps_per_epoch, ">= 1")
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run (the cosine schedule's length)."""
+        return self.epochs * self.steps_per_epoch
 
 
 _SECTIONS = {
@@ -318,11 +380,15 @@ class Config:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}.")
         sections = {}
         legacy = _saved_before(d.get("version"), PITCH_BANDS_SINCE)
+        lean_legacy = _saved_before(d.get("version"), LEAN_DEFAULTS_SINCE)
         for name, klass in _SECTIONS.items():
             values = dict(d.get(name, {}))
             if legacy and name == "frontend":
                 # saved before pitch bands existed: its models were trained on mel bands alone
                 values.setdefault("pitch_bands_per_octave", 0)
+            if lean_legacy:
+                # saved before 0.3: the paper-shaped network, the plateau schedule, audio caches
+                values.update({k: v for k, v in _BEFORE_LEAN.get(name, {}).items() if k not in values})
             known = {f.name for f in dataclasses.fields(klass)}
             bad = set(values) - known
             if bad:
@@ -338,6 +404,11 @@ class Config:
             if section not in _SECTIONS or not name:
                 raise ConfigError(f"override {key!r} must look like 'section.key' with section in {sorted(_SECTIONS)}.")
             d[section][name] = value
+        if overrides.get("model.backbone", self.model.backbone) != self.model.backbone:
+            # another family: its own width and onset branch, unless overridden too
+            for k in ("width", "onset_lags"):
+                if f"model.{k}" not in overrides:
+                    d["model"][k] = None
         return Config.from_dict(d)
 
     def to_json(self, path: str) -> None:
@@ -367,6 +438,15 @@ class Config:
 #: older version (its "version" key) lacks the field and means the mel bands alone; a
 #: config without a "version" key (one a user wrote) takes today's defaults.
 PITCH_BANDS_SINCE = (0, 2)
+#: The version whose defaults became the lean network, the cosine schedule and the feature cache
+#: (benchmarks/RESULTS.md, "Time to accuracy"). A config saved by an older version lacks those
+#: fields and gets what that version did.
+LEAN_DEFAULTS_SINCE = (0, 3)
+_BEFORE_LEAN: Dict[str, Dict[str, Any]] = {
+    "model": {"backbone": "inception", "onset_lags": 0},
+    "train": {"lr_schedule": "plateau", "epochs": 100, "steps_per_epoch": 500},
+    "data": {"cache_features": False},
+}
 
 
 def _saved_before(version: Any, release: Tuple[int, int]) -> bool:

@@ -16,9 +16,10 @@ A run directory holds everything needed to resume, evaluate and export::
       history.csv, training_curves.png
       tensorboard/                scalars (train/, validation/) and projector/
 
-The schedule is the paper's: Adam at ``train.learning_rate``, multiplied by
-``train.lr_factor`` when the validation loss stalls, early stopping on the
-validation mean triplet accuracy (``val_mean_acc``).
+The schedule is ``train.lr_schedule``: by default Adam on a warm-up + cosine decay over
+``train.epochs * train.steps_per_epoch`` steps; ``"plateau"`` is the paper's (Adam at
+``train.learning_rate``, multiplied by ``train.lr_factor`` when the validation loss
+stalls). Both stop early on the validation mean triplet accuracy (``val_mean_acc``).
 """
 
 from __future__ import annotations
@@ -397,11 +398,16 @@ def prepare_run(prepared_dir: str, run_dir: str, config: Optional[Config] = None
 
 
 def schedule_callbacks(config: Config, verbose: int = 1) -> List[keras.callbacks.Callback]:
-    """The paper's schedule: divide the learning rate on a validation-loss plateau, stop early on val_mean_acc."""
-    return [
-        _LearningRateLogger(),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.train.lr_factor,
-                                          patience=config.train.lr_patience, verbose=verbose),
+    """The learning-rate logger, the schedule's callbacks and early stopping on val_mean_acc.
+
+    ``train.lr_schedule="plateau"`` (the paper's) divides the learning rate when the validation
+    loss stalls; ``"cosine"`` is a schedule inside the optimizer
+    (:func:`disentangled_ml.models.trainer.learning_rate`) and needs no callback.
+    """
+    plateau = [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.train.lr_factor,
+                                                 patience=config.train.lr_patience, verbose=verbose)] \
+        if config.train.lr_schedule == "plateau" else []
+    return [_LearningRateLogger()] + plateau + [
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config.train.early_stopping_patience,
                                       restore_best_weights=True, verbose=verbose),
     ]

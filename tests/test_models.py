@@ -16,11 +16,11 @@ from disentangled_ml.models import (BACKBONES, ConditionMasks, L2Normalize, Trip
                                     build_triplet_model, slice_outputs)
 
 # 0.75 s at 22,050 Hz = 16,538 samples -> 1 + (16538 - 1024) // 512 = 31 frames.
-SMALL = {"frontend.n_mels": 32, "frontend.segment_seconds": 0.75, "model.width": 8,
+SMALL = {"frontend.n_mels": 32, "frontend.segment_seconds": 0.75, "model.width": 8, "model.onset_lags": 12,
          "frontend.pitch_bands_per_octave": 6, "frontend.pitch_fmin": 110.0, "frontend.pitch_fmax": 880.0}
 TFLITE_FRIENDLY = {"InputLayer", "Reshape", "Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D",
                    "AveragePooling2D", "GlobalAveragePooling2D", "Dense", "Concatenate", "Add", "Multiply",
-                   "Dropout"}
+                   "Dropout", "OnsetAutocorrelation"}
 
 
 def small_config(**overrides):

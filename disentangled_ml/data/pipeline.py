@@ -1,4 +1,11 @@
-"""The training input pipeline: decode -> excerpt -> log-mel -> pool -> mine -> batch, all in tf.data.
+"""The training input pipeline: decode -> features -> cache -> excerpt -> pool -> mine -> batch, all in tf.data.
+
+Why features are cached (``data.cache_features``, the default since 0.3): the frontend
+(two STFTs, one of them 4096 samples long, and two filterbanks) is a pure function of
+the audio, so it is computed once per track in the first pass and kept (float16, in
+memory or in a file cache); every later pass cuts excerpts and crops as frame slices of
+it. With ``data.cache_features=False`` the decoded audio is cached instead and the
+log-mel of each excerpt is computed again every pass (the 0.2 pipeline, below).
 
 Why pools: a triplet needs random access to tracks by label, but a real collection
 does not fit in memory. The pipeline streams tracks in a shuffled order, keeps one
@@ -232,6 +239,48 @@ def _excerpt(config: Config):
     return fn
 
 
+def _feature_excerpt(config: Config):
+    """Random excerpt of a track's cached features: (row, feats float16 [N, M], seed) -> (row, float32 [E, M], frames).
+
+    The frame-domain twin of :func:`_excerpt`: ``E`` is the frame count of a
+    ``data.excerpt_seconds`` waveform excerpt, the start is uniform over the track's
+    frames, and a track shorter than an excerpt is zero-padded with ``frames`` saying
+    how many rows are real.
+    """
+    fe = config.frontend
+    excerpt = int(round(config.data.excerpt_seconds * fe.sample_rate))
+    excerpt_frames = 1 + (excerpt - fe.n_fft) // fe.hop_length
+
+    def fn(row, feats, seed):
+        n = tf.shape(feats)[0]
+        length = tf.minimum(n, excerpt_frames)
+        start = tf.random.stateless_uniform([], seed, 0, n - length + 1, dtype=tf.int32)
+        clip = tf.cast(feats[start:start + length], tf.float32)
+        clip = tf.pad(clip, [[0, excerpt_frames - length], [0, 0]])
+        return row, tf.ensure_shape(clip, [excerpt_frames, fe.n_bands]), length
+
+    return fn
+
+
+def track_features(pcm: tf.Tensor, config: Config, banks=None) -> tf.Tensor:
+    """The frontend's output for a whole decoded track, as the feature cache holds it.
+
+    Args:
+        pcm: int16 ``[samples]`` mono audio at ``frontend.sample_rate`` Hz.
+        config: the Config (``frontend``).
+        banks: :func:`~disentangled_ml.features.filterbanks` of the frontend, as tensors.
+
+    Returns:
+        float16 ``[frames, n_bands]``, frame ``t`` starting at sample ``t * hop_length``
+        (no centre padding), so ``[t:t + num_frames]`` is the crop that starts there.
+        float16 keeps 11 significant bits; the standardised log-mel lies within about
+        +-10, so a cached value is within ~0.005 of the float32 one.
+    """
+    fe = config.frontend
+    pcm = tf.ensure_shape(pcm, [None])  # decoders give an unknown rank; log_mel pads along the last axis
+    return tf.cast(log_mel(tf.cast(pcm, tf.float32) * INT16_SCALE, fe, banks), tf.float16)
+
+
 def decoded_bytes(tracks: Sequence[Track], rows: Sequence[int], config: Config) -> int:
     """Size of the decoded audio of ``rows`` as the pipeline caches it (int16 mono at
     ``frontend.sample_rate``), in bytes, from the prepared manifest's file information."""
@@ -241,6 +290,13 @@ def decoded_bytes(tracks: Sequence[Track], rows: Sequence[int], config: Config) 
         info = tracks[r].info
         total += float(info.get("num_frames") or 0) * sr / float(info.get("sample_rate") or sr)
     return int(2 * total)
+
+
+def feature_bytes(tracks: Sequence[Track], rows: Sequence[int], config: Config) -> int:
+    """Size of the cached features of ``rows`` (float16 ``[frames, n_bands]`` per track), in bytes."""
+    fe = config.frontend
+    samples = decoded_bytes(tracks, rows, config) // 2
+    return int(2 * fe.n_bands * samples / fe.hop_length)
 
 
 def physical_memory_bytes() -> Optional[int]:
@@ -254,7 +310,8 @@ def physical_memory_bytes() -> Optional[int]:
 def resolve_cache(tracks: Sequence[Track], rows: Sequence[int], config: Config) -> str:
     """The decoded-audio cache to use: ``data.cache``, with ``"auto"`` resolved.
 
-    ``"auto"`` caches in memory when the split's decoded audio fits in
+    ``"auto"`` caches in memory when the split's cached form (features or decoded audio,
+    ``data.cache_features``) fits in
     ``data.cache_memory_fraction`` of the RAM, and otherwise decodes every pass
     (``"none"``), logging why and what to do: a real collection of full-length tracks
     (hours of audio) would not fit, and a memory cache that outgrows RAM kills the run.
@@ -262,11 +319,12 @@ def resolve_cache(tracks: Sequence[Track], rows: Sequence[int], config: Config) 
     cache = config.data.cache
     if cache != "auto":
         return cache
-    need = decoded_bytes(tracks, rows, config)
+    what = "features" if config.data.cache_features else "decoded audio"
+    need = (feature_bytes if config.data.cache_features else decoded_bytes)(tracks, rows, config)
     ram = physical_memory_bytes()
     if ram is None or need <= config.data.cache_memory_fraction * ram:
         return "memory"
-    log.warning("the decoded audio of this split needs %.1f GB, more than data.cache_memory_fraction=%.2f of this "
+    log.warning("the " + what + " of this split need(s) %.1f GB, more than data.cache_memory_fraction=%.2f of this "
                 "machine's %.1f GB RAM: not caching it, every pass decodes the files again. Faster: write TFRecord "
                 "shards with `dml prepare --cache-audio`, or set data.cache to a directory (a file cache on local "
                 "disk).", need / 1e9, config.data.cache_memory_fraction, ram / 1e9)
@@ -329,23 +387,35 @@ def training_dataset(tracks: Sequence[Track], tables: LabelTables, rows: Sequenc
 
     ds = decoded_tracks(tracks, rows, config, stats, audio_dir=audio_dir)
     cache = resolve_cache(tracks, rows, config)
+    from_features = config.data.cache_features and cache != "none"
+    if from_features:
+        # The frontend once per track: every later pass slices frames out of the cache. Two
+        # tracks at a time at most: a long track's 4096-sample pitch STFT holds ~0.6 GB a
+        # minute of audio while it is computed, and this runs in the first pass only.
+        ds = ds.map(lambda row, pcm: (row, track_features(pcm, config, banks)),
+                    num_parallel_calls=2, deterministic=True)
     if cache == "memory":
         ds = ds.cache()
     elif cache != "none":
         tf.io.gfile.makedirs(cache)
-        ds = ds.cache(cache.rstrip("/") + "/decoded")
+        ds = ds.cache(cache.rstrip("/") + ("/features" if from_features else "/decoded"))
     # seed None: tf.data draws the op's seed when the iterator starts (runtime_seeds)
     seeds = [None] * 3 if runtime_seeds else [seed, seed + 1, seed + 2]
     ds = ds.shuffle(len(rows), seed=seeds[0], reshuffle_each_iteration=True).repeat()
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seeds[1]).batch(2)))
-    ds = ds.map(lambda track, s: _excerpt(config)(track[0], track[1], s),
-                num_parallel_calls=autotune, deterministic=True)
-    # The log-mel of each excerpt on its own, before the excerpts are batched into a pool:
-    # one pool's STFT at once held [pool_size, frames, pitch_n_fft] float32 frames plus the
-    # complex spectrum (~6 GB for 256 excerpts of 12 s with the 4096-sample pitch window), and
-    # AUTOTUNE ran several pools at a time. Per excerpt it is ~30 MB, for the same arithmetic.
-    ds = ds.map(lambda row, pcm, frames: (row, log_mel(tf.cast(pcm, tf.float32) * INT16_SCALE, fe, banks), frames),
-                num_parallel_calls=autotune, deterministic=True)
+    if from_features:
+        ds = ds.map(lambda track, s: _feature_excerpt(config)(track[0], track[1], s),
+                    num_parallel_calls=autotune, deterministic=True)
+    else:
+        ds = ds.map(lambda track, s: _excerpt(config)(track[0], track[1], s),
+                    num_parallel_calls=autotune, deterministic=True)
+        # The log-mel of each excerpt on its own, before the excerpts are batched into a pool:
+        # one pool's STFT at once held [pool_size, frames, pitch_n_fft] float32 frames plus the
+        # complex spectrum (~6 GB for 256 excerpts of 12 s with the 4096-sample pitch window), and
+        # AUTOTUNE ran several pools at a time. Per excerpt it is ~30 MB, for the same arithmetic.
+        ds = ds.map(lambda row, pcm, frames: (row, log_mel(tf.cast(pcm, tf.float32) * INT16_SCALE, fe, banks),
+                                              frames),
+                    num_parallel_calls=autotune, deterministic=True)
     ds = ds.batch(pool, drop_remainder=True)
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seeds[2]).batch(2)))
 

@@ -23,21 +23,38 @@ Only ops that convert to TFLite builtins are used (Conv2D, BatchNormalization, R
 MaxPooling2D, GlobalAveragePooling2D, Dense, Concatenate, Add, Multiply, sigmoid,
 Reshape), so every family exports with the frontend in one graph.
 
-Every channel count is a multiple of ``cfg.model.width`` (64 by default, the paper's
-stem), so a small width gives a small, fast network for tests.
+``inception_lite`` (the default since 0.3) is the Inception family with a cheaper stem and
+half the width: a 3x3 convolution with stride 2, then 2x2 max-pooling, so the first block
+sees a 33 x 59 grid instead of the paper's 65 x 117, and 32 stem filters instead of 64.
+The paper's stem ran 64 filters of 5x5 over every one of the 129 x 233 time-frequency
+bins and wrote 1.9 M activations a crop before its first pooling, the shape a CPU
+handles worst, and its first block ran at 65 x 117. The same six blocks and channel
+proportions follow. A training step of 32 triplets took 0.7 s against 6.9 s for the
+paper's network on a 2-core CPU (benchmarks/train_step.py, benchmarks/RESULTS.md).
+
+Every family can add an **onset branch** (``cfg.model.onset_lags > 0``, on by default in
+``inception_lite``): :class:`OnsetAutocorrelation`, the autocorrelation of the log-mel's
+spectral flux over lags of up to ``onset_lags`` frames -- a tempogram of the crop,
+computed in the graph. Global average pooling keeps *what* happens in a crop but not
+*how often*, so without drums marking the beat the CNN alone had no periodicity to read
+tempo from. Its output goes through a small dense layer and joins the pooled CNN
+features before the projection.
+
+Every channel count is a multiple of ``cfg.model.width``, so a small width gives a small,
+fast network for tests.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Tuple
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from disentangled_ml.config import Config, ConfigError
 
-__all__ = ["BACKBONES", "build_backbone", "conv_bn_relu"]
+__all__ = ["BACKBONES", "STEMS", "OnsetAutocorrelation", "build_backbone", "conv_bn_relu"]
 
 #: Output channels of the six blocks, in multiples of ``cfg.model.width``. Channels
 #: double where the time-frequency resolution halves, as in VGG/ResNet/GoogLeNet.
@@ -54,14 +71,15 @@ SE_RATIO = 8
 _BN_EPSILON = 1e-3
 
 
-def conv_bn_relu(x, filters: int, kernel: int, name: str, relu: bool = True, momentum: float = 0.99):
+def conv_bn_relu(x, filters: int, kernel: int, name: str, relu: bool = True, momentum: float = 0.99,
+                 strides: int = 1):
     """Conv2D (no bias: BN has one) -> BatchNormalization -> optional ReLU.
 
     The one convolution helper every family uses, so they differ only in how
     blocks wire it. ``momentum`` is the BN moving-statistics momentum
     (``model.batchnorm_momentum``).
     """
-    x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(momentum=momentum, epsilon=_BN_EPSILON, name=f"{name}_bn")(x)
     if relu:
         x = layers.ReLU(name=f"{name}_relu")(x)
@@ -117,7 +135,78 @@ BACKBONES: Dict[str, Callable] = {
     "resnet": _residual_block,
     "se": _se_block,
     "inception": _inception_block,
+    "inception_lite": _inception_block,
 }
+
+
+class Stem(NamedTuple):
+    """The first convolution: ``kernel`` x ``kernel`` with ``stride`` (time, frequency), then
+    max-pooling of ``pool`` (time, frequency) where it is not ``(1, 1)``."""
+
+    kernel: int
+    stride: Tuple[int, int]
+    pool: Tuple[int, int]
+
+
+#: The paper's stem (5x5 at full resolution, then 2x2 max-pooling) for its four families;
+#: a 3x3 with stride 2, then 2x2 max-pooling, for ``inception_lite`` (a quarter of the grid).
+PAPER_STEM = Stem(kernel=STEM_KERNEL, stride=(1, 1), pool=(2, 2))
+STEMS: Dict[str, Stem] = {name: PAPER_STEM for name in BACKBONES}
+STEMS["inception_lite"] = Stem(kernel=3, stride=(2, 2), pool=(2, 2))
+
+
+@keras.saving.register_keras_serializable(package="disentangled_ml")
+class OnsetAutocorrelation(keras.layers.Layer):
+    """Autocorrelation of a log-mel patch's onset envelope: a tempogram of the crop, in the graph.
+
+    The onset envelope is the spectral flux of the first ``n_bands`` bands (the mel bands):
+    the mean over bands of the half-wave rectified frame-to-frame increase of the
+    compressed log-mel (as ``librosa.onset.onset_strength`` computes it, here in
+    ``keras.ops`` so that it trains on any backend and converts to TFLite builtins:
+    subtract, ReLU, mean, gather, multiply, sum). Its mean is removed, and its
+    autocorrelation at lags ``1 .. lags`` frames is divided by the lag-0 energy, so the
+    output does not depend on the crop's loudness. A beat period of ``p`` frames shows as
+    peaks at ``p, 2p, ...`` whatever instrument plays the onsets.
+
+    Args:
+        n_bands: leading bands of the input used for the flux (``frontend.n_mels``).
+        lags: the largest lag, in frames (``model.onset_lags``; at hop 512 / 22,050 Hz a
+            frame is 23.2 ms, so 96 lags span 2.2 s).
+
+    Input: float32 ``[batch, frames, bands]``. Output: float32 ``[batch, lags]`` in [-1, 1].
+    """
+
+    def __init__(self, n_bands: int, lags: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.n_bands = int(n_bands)
+        self.lags = int(lags)
+
+    def call(self, x):
+        x = ops.cast(x[:, :, :self.n_bands], "float32")
+        flux = ops.mean(ops.relu(x[:, 1:] - x[:, :-1]), axis=-1)  # [B, T-1]
+        env = flux - ops.mean(flux, axis=1, keepdims=True)
+        length = env.shape[1]
+        if length is None:
+            raise ValueError("OnsetAutocorrelation needs a static number of frames.")
+        # shifted[b, l, t] = env[b, t + l], zero beyond the end (the biased estimate)
+        padded = ops.pad(env, [[0, 0], [0, self.lags]])
+        index = (ops.arange(self.lags + 1)[:, None] + ops.arange(length)[None, :])  # [L+1, T-1]
+        shifted = ops.take(padded, index, axis=1)  # [B, L+1, T-1]
+        ac = ops.sum(env[:, None, :] * shifted, axis=-1)  # [B, L+1]
+        return ac[:, 1:] / (ac[:, :1] + 1e-6)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.lags)
+
+    def count_macs(self, output_shape, input_shapes) -> int:
+        """Multiply-accumulates for one example (:mod:`disentangled_ml.models.profile`)."""
+        steps = int(input_shapes[0][1]) - 1
+        return steps * self.n_bands + (self.lags + 1) * steps
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(n_bands=self.n_bands, lags=self.lags)
+        return config
 
 
 def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
@@ -125,8 +214,8 @@ def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
 
     Args:
         cfg: the project configuration. Reads ``frontend.num_frames``,
-            ``frontend.n_bands``, ``model.backbone``, ``model.width``,
-            ``model.dropout``, ``model.batchnorm_momentum`` and
+            ``frontend.n_bands``, ``frontend.n_mels``, ``model.backbone``, ``model.width``,
+            ``model.onset_lags``, ``model.dropout``, ``model.batchnorm_momentum`` and
             ``conditions.embedding_dim``.
         name: the Keras model name.
 
@@ -146,13 +235,19 @@ def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
     width = cfg.model.width
     frames, mels = cfg.frontend.num_frames, cfg.frontend.n_bands
 
+    if cfg.model.onset_lags and cfg.model.onset_lags > frames - 2:
+        raise ConfigError(f"model.onset_lags={cfg.model.onset_lags} needs segments of at least "
+                          f"{cfg.model.onset_lags + 2} frames, and this frontend gives {frames}: lower model.onset_lags "
+                          "(or 0 for no onset branch) or lengthen frontend.segment_seconds.")
     inputs = keras.Input((frames, mels), name="mel")
     x = layers.Reshape((frames, mels, 1), name="add_channel")(inputs)
     conv = functools.partial(conv_bn_relu, momentum=cfg.model.batchnorm_momentum)
-    x = conv(x, width, STEM_KERNEL, "stem")
-    # padding="same" so odd patch sizes (129 frames, or tiny test patches) keep
-    # their last row instead of losing it at every pooling.
-    x = layers.MaxPooling2D(2, padding="same", name="stem_pool")(x)
+    stem = STEMS[family]
+    x = conv(x, width, stem.kernel, "stem", strides=stem.stride)
+    if stem.pool != (1, 1):
+        # padding="same" so odd patch sizes (129 frames, or tiny test patches) keep
+        # their last row instead of losing it at every pooling.
+        x = layers.MaxPooling2D(stem.pool, padding="same", name="stem_pool")(x)
     for i, (mult, pool) in enumerate(zip(BLOCK_CHANNELS, POOL_AFTER_BLOCK), start=1):
         x = block(x, mult * width, f"block{i}", conv)
         if pool:
@@ -160,6 +255,10 @@ def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
     # Every block ends in a ReLU, so the pooled features are already non-negative:
     # the paper's "ReLU" after the blocks is that one, and no second ReLU is added.
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    if cfg.model.onset_lags:
+        onsets = OnsetAutocorrelation(cfg.frontend.n_mels, cfg.model.onset_lags, name="onset_autocorrelation")(inputs)
+        onsets = layers.Dense(2 * width, activation="relu", name="onset_dense")(onsets)
+        x = layers.Concatenate(name="cnn_and_onsets")([x, onsets])
     if cfg.model.dropout > 0:
         x = layers.Dropout(cfg.model.dropout, name="dropout")(x)
     outputs = layers.Dense(cfg.conditions.embedding_dim, name="projection")(x)

@@ -216,11 +216,24 @@ class TripletModel(keras.Model):
         return cls(cfg, name=config.get("name", "triplet_model"))
 
 
+def learning_rate(cfg: Config):
+    """Adam's learning rate for ``cfg.train``: a float (``"plateau"``; callbacks lower it) or a
+    ``keras.optimizers.schedules.CosineDecay`` with linear warm-up (``"cosine"``), which is
+    saved with the optimizer, so a resumed run continues on the same curve."""
+    t = cfg.train
+    if t.lr_schedule == "plateau":
+        return t.learning_rate
+    warmup = min(t.warmup_steps, max(t.total_steps - 1, 0))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else t.learning_rate, decay_steps=max(t.total_steps - warmup, 1),
+        alpha=t.lr_final_fraction, warmup_target=t.learning_rate if warmup else None, warmup_steps=warmup)
+
+
 def build_triplet_model(cfg: Config) -> TripletModel:
-    """A :class:`TripletModel` of ``cfg``, compiled with Adam at ``train.learning_rate``.
+    """A :class:`TripletModel` of ``cfg``, compiled with Adam on the schedule of :func:`learning_rate`.
 
     Under ``tf.distribute``, call it inside ``strategy.scope()``.
     """
     model = TripletModel(cfg)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.train.learning_rate))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate(cfg)))
     return model

@@ -1,0 +1,133 @@
+"""0.3's defaults: the lean backbone and its onset branch, the cosine schedule, the feature
+cache, and what configs saved by earlier versions still get."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from disentangled_ml.config import BACKBONE_DEFAULTS, Config, ConfigError
+from disentangled_ml.data.pipeline import track_features
+from disentangled_ml.features import filterbanks, log_mel
+from disentangled_ml.models.backbones import STEMS, OnsetAutocorrelation, build_backbone
+from disentangled_ml.models.trainer import build_triplet_model, learning_rate
+from collections_for_tests import tiny_config
+
+
+def test_default_is_the_lean_network_and_paper_families_keep_their_shape():
+    cfg = Config()
+    assert (cfg.model.backbone, cfg.model.width, cfg.model.onset_lags) == ("inception_lite", 32, 96)
+    paper = cfg.replace(**{"model.backbone": "inception"})
+    # naming the 0.2 default gives the 0.2 network: width 64, 5x5 stem at full resolution, no onset branch
+    assert (paper.model.width, paper.model.onset_lags) == (64, 0)
+    net = build_backbone(paper)
+    assert net.get_layer("stem_conv").kernel.shape == (5, 5, 1, 64)
+    assert net.get_layer("stem_conv").strides == (1, 1)
+    assert not any(isinstance(layer, OnsetAutocorrelation) for layer in net.layers)
+    lean = build_backbone(cfg)
+    assert lean.get_layer("stem_conv").strides == (2, 2)
+    assert any(isinstance(layer, OnsetAutocorrelation) for layer in lean.layers)
+    # the lean stem (stride 2, then 2x2 pooling) hands the first block a quarter of the paper's grid
+    first = lambda m: m.get_layer("block1_1x1_conv").output.shape[1:3]  # noqa: E731
+    assert first(lean)[0] * first(lean)[1] * 3.5 < first(net)[0] * first(net)[1]
+    # an explicit width or onset branch survives a change of family
+    assert cfg.replace(**{"model.backbone": "resnet", "model.width": 16}).model.width == 16
+    assert set(STEMS) == set(BACKBONE_DEFAULTS)
+
+
+def test_configs_saved_before_0_3_get_the_0_2_network_schedule_and_cache():
+    saved = Config().to_dict()
+    saved["version"] = "0.2.0"
+    for section, key in (("model", "onset_lags"), ("train", "lr_schedule"), ("train", "warmup_steps"),
+                         ("train", "lr_final_fraction"), ("data", "cache_features")):
+        del saved[section][key]
+    saved["model"].update(backbone="inception", width=64)
+    old = Config.from_dict(saved)
+    assert (old.model.backbone, old.model.width, old.model.onset_lags) == ("inception", 64, 0)
+    assert old.train.lr_schedule == "plateau" and old.data.cache_features is False
+    # a config a user wrote (no version) takes today's defaults
+    assert Config.from_dict({"model": {"backbone": "inception"}}).train.lr_schedule == "cosine"
+
+
+@pytest.mark.parametrize("bad", [{"model.onset_lags": -1}, {"model.width": 2}, {"train.lr_schedule": "step"},
+                                 {"train.warmup_steps": -5}, {"train.lr_final_fraction": 1.5}])
+def test_bad_values_are_named(bad):
+    key = next(iter(bad))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        Config().replace(**bad)
+
+
+def test_onset_branch_longer_than_the_segment_is_refused():
+    cfg = tiny_config(**{"model.onset_lags": 96})  # 61 frames a segment
+    with pytest.raises(ConfigError, match="model.onset_lags=96"):
+        build_backbone(cfg)
+
+
+def test_onset_autocorrelation_peaks_at_the_beat_period():
+    frames, bands, period = 129, 16, 21  # 21 frames = 0.49 s: 123 BPM at hop 512 / 22,050 Hz
+    x = np.zeros((2, frames, bands), np.float32)
+    x[0, ::period] = 3.0  # onsets every `period` frames in every band
+    x[1, ::period // 3 * 2] = 3.0  # a faster pulse: 14 frames
+    x += np.random.default_rng(0).normal(0, 0.05, x.shape).astype(np.float32)
+    layer = OnsetAutocorrelation(n_bands=bands, lags=40)
+    ac = np.asarray(layer(x))
+    assert ac.shape == (2, 40) and np.all(np.abs(ac) <= 1.0 + 1e-5)
+    assert int(np.argmax(ac[0])) + 1 == period
+    assert int(np.argmax(ac[1])) + 1 == 14
+    # loudness does not matter: the autocorrelation is divided by its lag-0 energy
+    np.testing.assert_allclose(np.asarray(layer(4 * x)), ac, atol=1e-4)
+    # bands past n_bands (the pitch bands) are not read
+    wide = np.concatenate([x, np.random.default_rng(1).normal(size=(2, frames, 5)).astype(np.float32)], -1)
+    np.testing.assert_allclose(np.asarray(layer(wide)), ac, atol=1e-5)
+    again = OnsetAutocorrelation.from_config(json.loads(json.dumps(layer.get_config())))
+    assert (again.n_bands, again.lags) == (bands, 40)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_its_floor():
+    cfg = Config().replace(**{"train.epochs": 4, "train.steps_per_epoch": 100, "train.warmup_steps": 50,
+                              "train.learning_rate": 2e-3, "train.lr_final_fraction": 0.05})
+    lr = learning_rate(cfg)
+    values = [float(lr(s)) for s in (0, 25, 50, 225, 400)]
+    assert values[0] == pytest.approx(0.0, abs=1e-9)
+    assert values[1] == pytest.approx(1e-3, rel=1e-3)
+    assert values[2] == pytest.approx(2e-3, rel=1e-3)
+    assert values[2] > values[3] > values[4]
+    assert values[4] == pytest.approx(2e-3 * 0.05, rel=1e-3)
+    assert learning_rate(cfg.replace(**{"train.lr_schedule": "plateau"})) == 2e-3
+
+
+def test_cosine_schedule_survives_save_and_load(tmp_path):
+    cfg = tiny_config(**{"model.width": 4, "train.epochs": 2, "train.steps_per_epoch": 10})
+    model = build_triplet_model(cfg)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    again = keras.saving.load_model(path)
+    sched = again.optimizer._learning_rate
+    assert isinstance(sched, keras.optimizers.schedules.CosineDecay)
+    assert float(sched(19)) > 0  # the warm-up is cut to fit the run's 20 steps
+
+
+def test_cached_track_features_give_the_crops_computed_on_the_fly():
+    cfg = tiny_config()
+    fe = cfg.frontend
+    banks = filterbanks(fe, as_tensors=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(4.0 * fe.sample_rate)) / fe.sample_rate
+    y = 0.4 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 2 * t)) / 2 + 0.02 * rng.standard_normal(t.size)
+    pcm = np.round(np.clip(y, -1, 1) * 32767).astype(np.int16)
+    feats = track_features(tf.constant(pcm), cfg, banks).numpy()
+    assert feats.dtype == np.float16 and feats.shape[1] == fe.n_bands
+    wave = pcm.astype(np.float32) / 32768.0
+    F, n_mels = fe.num_frames, fe.n_mels
+    edge = (fe.pitch_n_fft - fe.n_fft) // 2 // fe.hop_length + 1  # frames whose pitch window reaches past a crop
+    for start in (0, 7, 40, feats.shape[0] - F):
+        crop = log_mel(wave[None, start * fe.hop_length:start * fe.hop_length + fe.segment_samples], fe, banks)[0]
+        crop = crop.numpy()
+        cached = feats[start:start + F].astype(np.float32)
+        tol = 2 ** -10 * np.abs(crop).max() + 1e-3  # float16 rounding
+        # mel bands: the same frames, whatever the crop's position
+        np.testing.assert_allclose(cached[:, :n_mels], crop[:, :n_mels], atol=tol)
+        # pitch bands: the same away from the crop's edges, where the crop alone sees zero padding
+        np.testing.assert_allclose(cached[edge:-edge, n_mels:], crop[edge:-edge, n_mels:], atol=tol)
