@@ -117,6 +117,31 @@ class _LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+class _ElapsedTimeLogger(keras.callbacks.Callback):
+    """Puts ``elapsed_s`` into the epoch logs: wall seconds of training so far, validation included.
+
+    It is what "time to accuracy" is read from (``benchmarks/backbones.py``). A resumed run
+    continues from the last logged value, so the figure counts the time spent training, not
+    the time a killed run lay idle.
+    """
+
+    def __init__(self, start_s: float = 0.0):
+        super().__init__()
+        self.start_s = float(start_s)
+        self._t0 = None
+
+    def on_train_begin(self, logs=None):
+        import time
+
+        self._t0 = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        import time
+
+        if logs is not None and self._t0 is not None:
+            logs["elapsed_s"] = self.start_s + time.monotonic() - self._t0
+
+
 class _DecodeStatsLogger(keras.callbacks.Callback):
     def __init__(self, stats: DecodeStats):
         super().__init__()
@@ -217,6 +242,12 @@ def _history(run_dir: str) -> List[Dict[str, str]]:
         return []
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def elapsed_seconds(run_dir: str) -> float:
+    """Training seconds a run has logged so far (``elapsed_s`` of its last history row; 0 if none)."""
+    values = [float(r["elapsed_s"]) for r in _history(run_dir) if r.get("elapsed_s")]
+    return values[-1] if values else 0.0
 
 
 def completed_epochs(run_dir: str) -> int:
@@ -466,7 +497,8 @@ def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verb
     # the backup write itself leaves the previous epoch's.
     # With several GPUs the replicas' batch-norm statistics are averaged first, before anything
     # reads or saves them.
-    callbacks = [distributed.AverageMovingStatistics(strategy), lr_logger] + (
+    callbacks = [distributed.AverageMovingStatistics(strategy), lr_logger,
+                 _ElapsedTimeLogger(elapsed_seconds(run_dir))] + (
         [_DecodeStatsLogger(decode_stats)] if decode_stats is not None else []) + [
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
@@ -493,6 +525,7 @@ def train(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verb
         "epochs_this_call": len(history.history.get("loss", [])) if history is not None else 0,
         "epochs_total": completed_epochs(run_dir),
         "best_val_mean_acc": best_score(run_dir),
+        "train_seconds": elapsed_seconds(run_dir),  # wall time of the epochs, validation included
         "decode": decode_stats.as_dict() if decode_stats is not None else None,  # None: counted on service workers
         "tensorboard": os.path.join(run_dir, "tensorboard"),
         "projector": projector_dir,

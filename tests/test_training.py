@@ -37,8 +37,11 @@ def test_train_writes_run_and_projector(prepared, tmp_path):
     with open(os.path.join(run, "history.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2
-    for key in ("loss", "val_loss", "val_mean_acc", "learning_rate", "acc_genre", "val_acc_track"):
+    for key in ("loss", "val_loss", "val_mean_acc", "learning_rate", "acc_genre", "val_acc_track", "elapsed_s"):
         assert key in rows[0], key
+    # wall time of training, epoch by epoch: what time to accuracy is read from
+    assert float(rows[1]["elapsed_s"]) > float(rows[0]["elapsed_s"]) > 0
+    assert summary["train_seconds"] == pytest.approx(float(rows[1]["elapsed_s"]))
 
     # TensorBoard scalars and the projector: one tensor for the whole embedding and one per condition.
     tb = os.path.join(run, "tensorboard")
