@@ -44,15 +44,17 @@ def _single_thread_tf():
     return tf
 
 
-def _untrained_run(work: str) -> str:
+def untrained_run(work: str, cfg=None, name: str = "untrained_run") -> str:
+    """``work/name``: a run directory holding an untrained model of ``cfg`` (default ``Config()``),
+    written as ``dml train`` writes one (config.json, embedding.keras, masks.npy); returns its path."""
     import keras
 
     from disentangled_ml.config import Config
     from disentangled_ml.models import build_triplet_model
     from disentangled_ml.training import save_run_model
 
-    cfg = Config()
-    run = os.path.join(work, "untrained_run")
+    cfg = Config() if cfg is None else cfg
+    run = os.path.join(work, name)
     os.makedirs(run)
     keras.utils.set_random_seed(0)
     save_run_model(run, cfg, build_triplet_model(cfg))
@@ -69,6 +71,38 @@ def _time(fn, warmup: int, repeats: int) -> dict:
         times.append((time.perf_counter() - t0) * 1e3)
     return {"latency_ms_median": float(np.median(times)), "latency_ms_p90": float(np.percentile(times, 90)),
             "latency_ms_min": float(np.min(times))}
+
+
+def tflite_latency(path: str, segment_samples: int, warmup: int = 3, repeats: int = 30) -> dict:
+    """Single-thread LiteRT latency (default XNNPACK delegate) of a ``.tflite`` export on one random
+    segment of ``segment_samples`` samples (batch 1): ``latency_ms_median``, ``_p90``, ``_min``."""
+    from disentangled_ml.export.tflite import open_interpreter
+
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, segment_samples)).astype(np.float32)
+    runner = open_interpreter(path, num_threads=1).get_signature_runner()
+    return _time(lambda: runner(audio=x), warmup, repeats)
+
+
+def untrained_int8(cfg, work: str, warmup: int = 3, repeats: int = 30, parity_segments: int = 4) -> dict:
+    """Size and single-thread latency of the dynamic-range int8 TFLite (``model_int8.tflite``) of an
+    untrained model of ``cfg``, exported under ``work`` with synthetic audio (no int8_full variant).
+
+    Size and latency do not depend on the weights, so this prices a config before training it.
+    Returns ``{"int8_bytes", "int8_mb", "latency_ms_median", "latency_ms_p90", "latency_ms_min",
+    "export_seconds"}``.
+    """
+    from disentangled_ml.export import export_run
+    from disentangled_ml.export.tflite import VARIANT_BY_NAME
+
+    run = untrained_run(work, cfg)
+    out = os.path.join(work, "export")
+    t0 = time.perf_counter()
+    export_run(run, out, int8_full=False, calibration_segments=1, parity_segments=parity_segments)
+    seconds = time.perf_counter() - t0
+    path = os.path.join(out, VARIANT_BY_NAME["int8"].filename)
+    size = os.path.getsize(path)
+    return {"int8_bytes": size, "int8_mb": size / 1e6, "export_seconds": seconds,
+            **tflite_latency(path, cfg.frontend.segment_samples, warmup, repeats)}
 
 
 def main(argv=None) -> int:
@@ -95,7 +129,7 @@ def main(argv=None) -> int:
     from disentangled_ml.export.tflite import VARIANTS, open_interpreter
 
     with tempfile.TemporaryDirectory() as work:
-        run = args.run or _untrained_run(work)
+        run = args.run or untrained_run(work)
         export_dir = args.keep or os.path.join(work, "export")
         t0 = time.perf_counter()
         result = export_run(run, export_dir, prepared_dir=args.prepared, overwrite=bool(args.keep),
