@@ -192,7 +192,9 @@ class OnsetAutocorrelation(keras.layers.Layer):
         padded = ops.pad(env, [[0, 0], [0, self.lags]])
         index = (ops.arange(self.lags + 1)[:, None] + ops.arange(length)[None, :])  # [L+1, T-1]
         shifted = ops.take(padded, index, axis=1)  # [B, L+1, T-1]
-        ac = ops.sum(env[:, None, :] * shifted, axis=-1)  # [B, L+1]
+        # expand_dims, not env[:, None, :]: a slice that adds an axis becomes a StridedSlice with a
+        # new-axis mask, which TFLite has no builtin for
+        ac = ops.sum(ops.expand_dims(env, 1) * shifted, axis=-1)  # [B, L+1]
         return ac[:, 1:] / (ac[:, :1] + 1e-6)
 
     def compute_output_shape(self, input_shape):
