@@ -260,6 +260,7 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
         if v.name == "int8_full":
             int8_full_info = {"calibration": calib_info, "float_islands": [
                 "frontend: frame, window, RFFT, power, mel matrix, log, standardisation",
+                "onset branch (if any): spectral flux and its autocorrelation",
                 "output head: L2 normalisation and condition outputs"],
                 "float_nodes": len(result["float_nodes"]),
                 "degenerate_nodes_kept_float": result["extra_float_nodes"]}

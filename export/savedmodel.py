@@ -225,9 +225,17 @@ def apply_heads(embedding: Any, heads: Dict[str, Dict[str, Any]], xp: Any = np) 
     return out
 
 
+#: Layers that stay float in the full-integer model besides the frontend: the onset branch
+#: divides an autocorrelation by its lag-0 energy, a ratio of small differences of the
+#: log-mel that int8 calibration ranges flatten (cosine to the float model fell below 0.9).
+FLOAT_LAYERS = ("onset_autocorrelation",)
+
+
 def frontend_node_pattern(frontend_layer_name: str) -> "re.Pattern[str]":
-    """Regex matching graph node names inside the frontend layer (``.../log_mel_1/...``)."""
-    return re.compile(rf"(^|/){re.escape(frontend_layer_name)}(_\d+)?/")
+    """Regex matching graph node names inside the frontend layer (``.../log_mel_1/...``) or
+    inside one of :data:`FLOAT_LAYERS`: the nodes the full-integer model keeps float."""
+    names = "|".join(re.escape(n) for n in (frontend_layer_name,) + FLOAT_LAYERS)
+    return re.compile(rf"(^|/)({names})(_\d+)?/")
 
 
 def write_saved_model(run: LoadedRun, out_dir: str) -> Dict[str, Any]:

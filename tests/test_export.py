@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from disentangled_ml.config import Config
 from disentangled_ml.data.manifest import write_manifest
 from collections_for_tests import tiny_config, write_tracks
 
@@ -78,7 +79,7 @@ def test_export_layout_and_config(exported):
     assert (fe["n_fft"], fe["hop_length"], fe["n_mels"]) == (256, 128, 16)
     assert fe["pitch_bands_per_octave"] == 6 and c["n_bands"] == 16 + c["n_pitch_bands"] == 32
     assert (fe["norm_mean"], fe["norm_std"]) == (0.3, 0.7)
-    assert c["model"]["backbone"] == "inception" and c["version"] == c["package"]["version"]
+    assert c["model"]["backbone"] == Config().model.backbone and c["version"] == c["package"]["version"]
     assert c["training_config_hash"] == cfg.hash() and c["training_config"]["model"]["width"] == 8
     assert c["parity_passed"] is True and c["tflite_from_frozen_variables"] is False
     files = c["files"]
