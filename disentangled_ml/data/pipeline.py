@@ -403,12 +403,9 @@ def training_dataset(tracks: Sequence[Track], tables: LabelTables, rows: Sequenc
     seeds = [None] * 3 if runtime_seeds else [seed, seed + 1, seed + 2]
     ds = ds.shuffle(len(rows), seed=seeds[0], reshuffle_each_iteration=True).repeat()
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seeds[1]).batch(2)))
-    if from_features:
-        ds = ds.map(lambda track, s: _feature_excerpt(config)(track[0], track[1], s),
-                    num_parallel_calls=autotune, deterministic=True)
-    else:
-        ds = ds.map(lambda track, s: _excerpt(config)(track[0], track[1], s),
-                    num_parallel_calls=autotune, deterministic=True)
+    excerpt = _feature_excerpt(config) if from_features else _excerpt(config)
+    ds = ds.map(lambda track, s: excerpt(track[0], track[1], s), num_parallel_calls=autotune, deterministic=True)
+    if not from_features:
         # The log-mel of each excerpt on its own, before the excerpts are batched into a pool:
         # one pool's STFT at once held [pool_size, frames, pitch_n_fft] float32 frames plus the
         # complex spectrum (~6 GB for 256 excerpts of 12 s with the 4096-sample pitch window), and
