@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from typing import Dict, List, Optional, Sequence
 
 import keras
@@ -131,13 +132,9 @@ class _ElapsedTimeLogger(keras.callbacks.Callback):
         self._t0 = None
 
     def on_train_begin(self, logs=None):
-        import time
-
         self._t0 = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        import time
-
         if logs is not None and self._t0 is not None:
             logs["elapsed_s"] = self.start_s + time.monotonic() - self._t0
 
