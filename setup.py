@@ -1,12 +1,12 @@
 """disentangled_ml: install with `pip install -e .` (or `.[test]` for the test suite).
 
-The pins are the stack measured in DESIGN.md; README.md ("Pinned stack") gives the
+The pins are the stack described in docs/design.md; README.md ("Pinned stack") gives the
 reason for each one.
 """
 
 from setuptools import find_packages, setup
 
-# tuning/ and export/ sit at the top of the repository (DESIGN.md) but install inside
+# tuning/ and export/ sit at the top of the repository (docs/design.md) but install inside
 # the package namespace, so nothing called `export` or `tuning` lands at the top of
 # site-packages.
 library = find_packages(include=["disentangled_ml", "disentangled_ml.*"])
@@ -14,7 +14,7 @@ packages = library + ["disentangled_ml.tuning", "disentangled_ml.export"]
 
 setup(
     name="disentangled_ml",
-    version="0.3.0",
+    version="0.4.0",
     description="Disentangled multidimensional metric learning for music similarity (Lee et al., ICASSP 2020)",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",

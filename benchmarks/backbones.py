@@ -61,6 +61,7 @@ CANDIDATES: Dict[str, Dict[str, Any]] = {
     "paper_se": {"model.backbone": "se"},
     REFERENCE: {"model.backbone": "inception"},
     "lite": {},
+    "lite_0.3_stem": {"model.stem_stride": [2, 2]},  # 0.3's lean stem: stride 2 in time and frequency
     "lite_no_onset": {"model.onset_lags": 0},
     "lite_w16": {"model.width": 16},
     "lite_w48": {"model.width": 48},

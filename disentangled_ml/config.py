@@ -230,13 +230,19 @@ class DataConfig:
 #: (``"inception"``) builds the 0.2 network. ``inception_lite`` is the default since 0.3: the same
 #: Inception blocks behind a strided 3x3 stem, width 32, plus the onset-autocorrelation branch;
 #: it was chosen by measured time to accuracy (benchmarks/RESULTS.md, "Time to accuracy").
-BACKBONE_DEFAULTS: Dict[str, Dict[str, int]] = {
-    "plain": {"width": 64, "onset_lags": 0},
-    "resnet": {"width": 64, "onset_lags": 0},
-    "se": {"width": 64, "onset_lags": 0},
-    "inception": {"width": 64, "onset_lags": 0},
-    "inception_lite": {"width": 32, "onset_lags": 96},
+#: ``stem_stride`` is the stem convolution's (time, frequency) stride: since 0.4 the lean stem
+#: strides time only, so the first block still resolves semitones in the pitch bands (24 an
+#: octave, halved once by the stem's pooling); 0.3 strode both axes.
+BACKBONE_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "plain": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1)},
+    "resnet": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1)},
+    "se": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1)},
+    "inception": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1)},
+    "inception_lite": {"width": 32, "onset_lags": 96, "stem_stride": (2, 1)},
 }
+#: Family-resolved keys of ``model``: None takes the family's value, and a change of family
+#: resets them unless they are set too (:meth:`Config.replace`).
+FAMILY_KEYS = ("width", "onset_lags", "stem_stride")
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,8 @@ class ModelConfig:
     # log-mel's spectral flux at lags 1..onset_lags frames (96 frames = 2.2 s, two beats at
     # 55 BPM), fed next to the CNN's pooled features. 0 = none. None: the family's.
     onset_lags: Optional[int] = None
+    # (time, frequency) stride of the stem convolution. None: the family's.
+    stem_stride: Optional[Tuple[int, int]] = None
     mask_mode: str = "fixed"  # "fixed" slices, "learned" (CSN) or "none" (one global space).
     dropout: float = 0.0
     # Batch-norm moving-statistics momentum (Keras' default); lower it for short runs,
@@ -267,6 +275,12 @@ class ModelConfig:
             object.__setattr__(self, "width", family["width"])
         if self.onset_lags is None:
             object.__setattr__(self, "onset_lags", family["onset_lags"])
+        if self.stem_stride is None:
+            object.__setattr__(self, "stem_stride", family["stem_stride"])
+        _check(isinstance(self.stem_stride, (list, tuple)) and len(self.stem_stride) == 2
+               and all(isinstance(v, int) and v >= 1 for v in self.stem_stride), "model.stem_stride",
+               self.stem_stride, "two integers >= 1: the stem's (time, frequency) stride")
+        object.__setattr__(self, "stem_stride", tuple(self.stem_stride))  # JSON gives a list
         _check(isinstance(self.width, int) and self.width >= 4, "model.width", self.width, "an integer >= 4 filters")
         _check(isinstance(self.onset_lags, int) and self.onset_lags >= 0, "model.onset_lags", self.onset_lags,
                "an integer >= 0 frames (0 = no onset branch)")
@@ -389,6 +403,10 @@ class Config:
             if lean_legacy:
                 # saved before 0.3: the paper-shaped network, the plateau schedule, audio caches
                 values.update({k: v for k, v in _BEFORE_LEAN.get(name, {}).items() if k not in values})
+            if (name == "model" and values.get("backbone") == "inception_lite" and "stem_stride" not in values
+                    and _saved_before(d.get("version"), TIME_ONLY_STEM_SINCE)):
+                # saved by 0.3: its lean stem strode time and frequency
+                values["stem_stride"] = (2, 2)
             known = {f.name for f in dataclasses.fields(klass)}
             bad = set(values) - known
             if bad:
@@ -406,7 +424,7 @@ class Config:
             d[section][name] = value
         if overrides.get("model.backbone", self.model.backbone) != self.model.backbone:
             # another family: its own width and onset branch, unless overridden too
-            for k in ("width", "onset_lags"):
+            for k in FAMILY_KEYS:
                 if f"model.{k}" not in overrides:
                     d["model"][k] = None
         return Config.from_dict(d)
@@ -442,6 +460,9 @@ PITCH_BANDS_SINCE = (0, 2)
 #: (benchmarks/RESULTS.md, "Time to accuracy"). A config saved by an older version lacks those
 #: fields and gets what that version did.
 LEAN_DEFAULTS_SINCE = (0, 3)
+#: The version whose lean stem strides time only (``model.stem_stride``); a 0.3 config naming
+#: ``inception_lite`` without the key meant stride 2 on both axes.
+TIME_ONLY_STEM_SINCE = (0, 4)
 _BEFORE_LEAN: Dict[str, Dict[str, Any]] = {
     "model": {"backbone": "inception", "onset_lags": 0},
     "train": {"lr_schedule": "plateau", "epochs": 100, "steps_per_epoch": 500},

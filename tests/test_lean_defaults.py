@@ -27,11 +27,12 @@ def test_default_is_the_lean_network_and_paper_families_keep_their_shape():
     assert net.get_layer("stem_conv").strides == (1, 1)
     assert not any(isinstance(layer, OnsetAutocorrelation) for layer in net.layers)
     lean = build_backbone(cfg)
-    assert lean.get_layer("stem_conv").strides == (2, 2)
+    assert lean.get_layer("stem_conv").strides == (2, 1)
     assert any(isinstance(layer, OnsetAutocorrelation) for layer in lean.layers)
-    # the lean stem (stride 2, then 2x2 pooling) hands the first block a quarter of the paper's grid
+    # the lean stem (stride 2 in time, then 2x2 pooling) hands the first block half the paper's
+    # frames and all of its frequency rows: 12 pitch bands an octave, as in the paper
     first = lambda m: m.get_layer("block1_1x1_conv").output.shape[1:3]  # noqa: E731
-    assert first(lean)[0] * first(lean)[1] * 3.5 < first(net)[0] * first(net)[1]
+    assert first(lean)[1] == first(net)[1] and 2 * first(lean)[0] <= first(net)[0] + 1
     # an explicit width or onset branch survives a change of family
     assert cfg.replace(**{"model.backbone": "resnet", "model.width": 16}).model.width == 16
     assert set(STEMS) == set(BACKBONE_DEFAULTS)
@@ -40,18 +41,26 @@ def test_default_is_the_lean_network_and_paper_families_keep_their_shape():
 def test_configs_saved_before_0_3_get_the_0_2_network_schedule_and_cache():
     saved = Config().to_dict()
     saved["version"] = "0.2.0"
-    for section, key in (("model", "onset_lags"), ("train", "lr_schedule"), ("train", "warmup_steps"),
+    for section, key in (("model", "onset_lags"), ("model", "stem_stride"), ("train", "lr_schedule"), ("train", "warmup_steps"),
                          ("train", "lr_final_fraction"), ("data", "cache_features")):
         del saved[section][key]
     saved["model"].update(backbone="inception", width=64)
     old = Config.from_dict(saved)
     assert (old.model.backbone, old.model.width, old.model.onset_lags) == ("inception", 64, 0)
+    assert old.model.stem_stride == (1, 1)
     assert old.train.lr_schedule == "plateau" and old.data.cache_features is False
+    # a 0.3 config naming the lean network meant its stem with stride 2 on both axes
+    saved_03 = Config().to_dict()
+    saved_03["version"] = "0.3.0"
+    del saved_03["model"]["stem_stride"]
+    assert Config.from_dict(saved_03).model.stem_stride == (2, 2)
+    assert Config.from_dict(json.loads(json.dumps(Config().to_dict()))).model.stem_stride == (2, 1)
     # a config a user wrote (no version) takes today's defaults
     assert Config.from_dict({"model": {"backbone": "inception"}}).train.lr_schedule == "cosine"
 
 
 @pytest.mark.parametrize("bad", [{"model.onset_lags": -1}, {"model.width": 2}, {"train.lr_schedule": "step"},
+                                 {"model.stem_stride": [2]}, {"model.stem_stride": [0, 1]},
                                  {"train.warmup_steps": -5}, {"train.lr_final_fraction": 1.5}])
 def test_bad_values_are_named(bad):
     key = next(iter(bad))

@@ -24,8 +24,12 @@ MaxPooling2D, GlobalAveragePooling2D, Dense, Concatenate, Add, Multiply, sigmoid
 Reshape), so every family exports with the frontend in one graph.
 
 ``inception_lite`` (the default since 0.3) is the Inception family with a cheaper stem and
-half the width: a 3x3 convolution with stride 2, then 2x2 max-pooling, so the first block
-sees a 33 x 59 grid instead of the paper's 65 x 117, and 32 stem filters instead of 64.
+half the width: a 3x3 convolution with stride 2 in time (``cfg.model.stem_stride``, (2, 1)),
+then 2x2 max-pooling, so the first block sees a 33 x 117 grid instead of the paper's
+65 x 117, and 32 stem filters instead of 64. The frequency axis keeps the paper's
+resolution: after one halving, the pitch bands (24 an octave) still resolve semitones,
+which is what tells a major third from a minor one. 0.3 strode frequency too (a 33 x 59
+grid, 6 pitch bands an octave at the first block); configs saved by 0.3 keep that stem.
 The paper's stem ran 64 filters of 5x5 over every one of the 129 x 233 time-frequency
 bins and wrote 1.9 M activations a crop before its first pooling, the shape a CPU
 handles worst, and its first block ran at 65 x 117. The same six blocks and channel
@@ -140,19 +144,18 @@ BACKBONES: Dict[str, Callable] = {
 
 
 class Stem(NamedTuple):
-    """The first convolution: ``kernel`` x ``kernel`` with ``stride`` (time, frequency), then
-    max-pooling of ``pool`` (time, frequency) where it is not ``(1, 1)``."""
+    """The first convolution: ``kernel`` x ``kernel`` (its stride is ``cfg.model.stem_stride``),
+    then max-pooling of ``pool`` (time, frequency) where it is not ``(1, 1)``."""
 
     kernel: int
-    stride: Tuple[int, int]
     pool: Tuple[int, int]
 
 
-#: The paper's stem (5x5 at full resolution, then 2x2 max-pooling) for its four families;
-#: a 3x3 with stride 2, then 2x2 max-pooling, for ``inception_lite`` (a quarter of the grid).
-PAPER_STEM = Stem(kernel=STEM_KERNEL, stride=(1, 1), pool=(2, 2))
+#: The paper's stem (5x5, stride 1, then 2x2 max-pooling) for its four families; a 3x3, then
+#: 2x2 max-pooling, for ``inception_lite`` (whose stride, (2, 1) since 0.4, halves the time axis).
+PAPER_STEM = Stem(kernel=STEM_KERNEL, pool=(2, 2))
 STEMS: Dict[str, Stem] = {name: PAPER_STEM for name in BACKBONES}
-STEMS["inception_lite"] = Stem(kernel=3, stride=(2, 2), pool=(2, 2))
+STEMS["inception_lite"] = Stem(kernel=3, pool=(2, 2))
 
 
 @keras.saving.register_keras_serializable(package="disentangled_ml")
@@ -245,7 +248,7 @@ def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
     x = layers.Reshape((frames, mels, 1), name="add_channel")(inputs)
     conv = functools.partial(conv_bn_relu, momentum=cfg.model.batchnorm_momentum)
     stem = STEMS[family]
-    x = conv(x, width, stem.kernel, "stem", strides=stem.stride)
+    x = conv(x, width, stem.kernel, "stem", strides=cfg.model.stem_stride)
     if stem.pool != (1, 1):
         # padding="same" so odd patch sizes (129 frames, or tiny test patches) keep
         # their last row instead of losing it at every pooling.
