@@ -1,6 +1,6 @@
 """Audio decoding: the one place that knows how bytes become a waveform.
 
-DESIGN.md pins tensorflow-io 0.37.1 (with TF 2.16.x) for its native decoders. All
+docs/design.md pins tensorflow-io 0.37.1 (with TF 2.16.x) for its native decoders. All
 decoding goes through this module so that a fallback (soundfile) or a later
 TensorFlow needs one change here and nowhere else.
 
@@ -21,7 +21,7 @@ from typing import Tuple
 
 import numpy as np
 
-#: Extensions the decoders accept (DESIGN.md contract 1).
+#: Extensions the decoders accept (docs/design.md, contract 1).
 SUPPORTED_EXTENSIONS: Tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")
 
 # Decoder codes understood by decode_audio_tf, chosen by prepare from the file's

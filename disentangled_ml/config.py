@@ -53,8 +53,8 @@ class FrontendConfig:
     fmax: Optional[float] = None  # Hz; None = sample_rate / 2.
     power: float = 2.0  # 2 = power spectrogram, as librosa.feature.melspectrogram's default.
     log_multiplier: float = 10.0  # compression log10(1 + log_multiplier * S).
-    # Fixed standardisation statistics of the compressed mel, measured on the training
-    # split by `dml prepare` (0 / 1 leaves the patch unscaled).
+    # Fixed standardisation statistics of the compressed mel, measured on training-split
+    # tracks when `dml train` starts a run (training.prepare_run; 0 / 1 leaves the patch unscaled).
     norm_mean: float = 0.0
     norm_std: float = 1.0
     # Pitch bands, appended to the mel bands (0 bands per octave = the paper's frontend

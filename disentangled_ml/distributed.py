@@ -74,6 +74,8 @@ import numpy as np
 import tensorflow as tf
 
 from disentangled_ml.config import Config, ConfigError
+from disentangled_ml.data.manifest import Track
+from disentangled_ml.data.pipeline import resolve_cache
 
 log = logging.getLogger(__name__)
 
@@ -359,12 +361,21 @@ def fit_distributed(strategy: tf.distribute.Strategy, model: keras.Model, train_
     return history
 
 
-def _pipeline_config(config: Config, pipeline_id: int) -> Config:
-    """The config an input pipeline runs: its own seed, and its own cache directory if any."""
-    overrides: Dict[str, Any] = {"data.seed": config.data.seed + PIPELINE_SEED_STRIDE * pipeline_id}
-    if config.data.cache not in ("memory", "none"):
+def _pipeline_config(config: Config, pipeline_id: int, tracks: Sequence[Track], rows: Sequence[int]) -> Config:
+    """The config an input pipeline runs: its own seed, and its own cache directory if any.
+
+    ``data.cache`` is first resolved as the single-machine pipeline resolves it
+    (:func:`~disentangled_ml.data.pipeline.resolve_cache` over ``rows`` of ``tracks``, the
+    training split), so the default ``"auto"`` becomes ``"memory"`` or ``"none"``, never
+    a directory called ``auto``. Only a directory that ``data.cache`` names gets a
+    ``pipeline-<id>`` folder per pipeline.
+    """
+    cache = resolve_cache(tracks, rows, config)
+    overrides: Dict[str, Any] = {"data.seed": config.data.seed + PIPELINE_SEED_STRIDE * pipeline_id,
+                                 "data.cache": cache}
+    if cache not in ("memory", "none"):
         # tf.data refuses two writers of one cache: each pipeline gets its own folder
-        overrides["data.cache"] = config.data.cache.rstrip("/") + f"/pipeline-{pipeline_id}"
+        overrides["data.cache"] = cache.rstrip("/") + f"/pipeline-{pipeline_id}"
     return config.replace(**overrides)
 
 
@@ -422,7 +433,7 @@ def train_distributed(prepared_dir: str, run_dir: str, config: Optional[Config] 
         val_triplets = data.triplets["validation"]
 
         def train_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-            cfg = _pipeline_config(config, ctx.input_pipeline_id)
+            cfg = _pipeline_config(config, ctx.input_pipeline_id, data.tracks, data.splits["train"])
             batch = ctx.get_per_replica_batch_size(global_batch)
             return data.datasets(batch, decode_stats, cfg, data_service=data_service, job_name=job_name)[0]
 

@@ -13,7 +13,7 @@ number comes from :class:`disentangled_ml.config.FrontendConfig`.
 
 It is written in TensorFlow ops that convert to TFLite *builtins* (frame, RFFT,
 Real/Imag, MatMul, Log), so the same graph runs in the ``tf.data`` pipeline, inside
-the Keras model, in the SavedModel and in the ``.tflite`` export (DESIGN.md
+the Keras model, in the SavedModel and in the ``.tflite`` export (docs/design.md,
 contract 2: the waveform goes in, no client reimplements the frontend).
 
 Three entry points share one definition:

@@ -5,7 +5,7 @@ For a triplet ``(a, p, n)`` of condition ``s`` with mask ``m_s`` (a row of
 
     l = max(0, ||m_s * (f(a) - f(p))|| - ||m_s * (f(a) - f(n))|| + margin)
 
-with Euclidean (not squared) distances, as in DESIGN.md. Condition ``C`` (one past
+with Euclidean (not squared) distances (docs/design.md). Condition ``C`` (one past
 the last name) marks a *track* triplet: its positive is another crop of the
 anchor's track and its mask row is all ones. The objective is::
 
@@ -23,7 +23,7 @@ triplets could create false negatives. Mining here therefore *selects among the
 sampled triplets* rather than re-pairing them, within each condition (track counted
 as one) of the batch, during training only (evaluation always scores every triplet):
 
-* ``"random"`` (the paper, default): every triplet counts.
+* ``"random"`` (the paper): every triplet counts.
 * ``"batch_hard"``: the hardest ``loss.hard_fraction`` (rounded up) of each
   condition's triplets, by loss, count; the rest get weight 0.
 * ``"semi_hard"`` (FaceNet): only triplets with ``d(a,p) < d(a,n) < d(a,p) + margin``

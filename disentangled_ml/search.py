@@ -1,4 +1,4 @@
-"""Embedding catalogues and similarity search, from an export only (DESIGN.md contract 2).
+"""Embedding catalogues and similarity search, from an export only (docs/design.md, contract 2).
 
 :func:`embed_collection` runs an export over a folder of audio files or a
 manifest and writes a *catalogue*::
@@ -77,7 +77,7 @@ def list_audio(source: str) -> Tuple[List[AudioItem], List[str]]:
 
     Args:
         source: a folder (track ids are paths relative to it, ``/``-separated) or a
-            manifest CSV (DESIGN.md contract 1; its labels are kept).
+            manifest CSV (docs/design.md, contract 1; its labels are kept).
 
     Returns:
         ``(items, label_columns)``.

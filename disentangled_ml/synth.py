@@ -88,7 +88,7 @@ MIN_TRACK_SECONDS: float = FrontendConfig().segment_seconds
 MAX_TRACK_SECONDS: float = 600.0
 #: Peak level of every track in dBFS (headroom for the Vorbis encoder's overshoot).
 PEAK_DBFS: float = -1.0
-#: Name of the manifest written into the output folder (DESIGN.md contract 1).
+#: Name of the manifest written into the output folder (docs/design.md, contract 1).
 MANIFEST_NAME: str = "manifest.csv"
 #: Name of the JSON file recording how the collection was made (version, seed, lengths, percussion).
 INFO_NAME: str = "synth.json"
@@ -817,7 +817,7 @@ def synthesize_collection(out_dir: str, n_tracks: int, seed: int, min_seconds: f
         percussion: False writes the drumless variant (module notes): the same manifest,
             the same tracks without drums.
     Returns:
-        path of the manifest (DESIGN.md contract 1: path, track_id, genre, mood,
+        path of the manifest (docs/design.md, contract 1: path, track_id, genre, mood,
         instrument, tempo in BPM).
     Raises:
         SynthError: bad argument or unusable output folder.

@@ -62,7 +62,7 @@ def estimate_norm_stats(tracks: Sequence[Track], rows: Sequence[int], config: Co
     """Mean and standard deviation of the compressed log-mel over a sample of training tracks.
 
     They become ``frontend.norm_mean`` / ``norm_std``: fixed statistics, saved with the
-    run and baked into every export (DESIGN.md).
+    run and baked into every export (docs/design.md).
     """
     from disentangled_ml.audio_io import AudioDecodeError, load_audio
 

@@ -1,6 +1,6 @@
 """SavedModel / TFLite export and parity checks (installed as ``disentangled_ml.export``).
 
-:func:`export_run` turns a training run into an export directory (DESIGN.md
+:func:`export_run` turns a training run into an export directory (docs/design.md,
 contract 2)::
 
     EXPORT_DIR/
@@ -64,7 +64,7 @@ def load_export_config(export_dir: str) -> Dict[str, Any]:
         raise ExportError(f"{path} is not valid JSON: {e}") from None
     for key in ("sample_rate", "segment_seconds", "embedding_dim", "conditions"):
         if key not in cfg:
-            raise ExportError(f"{path} has no {key!r}; it is not an export config (DESIGN.md contract 2).")
+            raise ExportError(f"{path} has no {key!r}; it is not an export config (docs/design.md, contract 2).")
     if cfg.get("parity_passed") is False:
         raise ExportError(f"{export_dir} failed its parity check (see {export_dir}/parity.json); re-export it.")
     return cfg
@@ -236,7 +236,7 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
         try:
             result = tfl.convert_variant(tflite_source, v.name, **kwargs)
             if v.name == "float32" and not tfl.outputs_finite(result["content"], fe.segment_samples):
-                # DESIGN.md: a variable left as a resource makes LiteRT return NaN; freeze and redo.
+                # docs/design.md: a variable left as a resource makes LiteRT return NaN; freeze and redo.
                 log.warning("model.tflite returns NaN/inf under LiteRT; converting from a frozen copy of the "
                             "SavedModel (variables folded into constants) instead.")
                 tflite_source = tfl.freeze_saved_model(saved_model_dir, os.path.join(out_dir, ".frozen_saved_model"))

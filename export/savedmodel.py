@@ -1,6 +1,6 @@
 """Load a trained run and write it as a SavedModel with the mel frontend inside.
 
-The SavedModel is the server-side half of DESIGN.md contract 2. It has two
+The SavedModel is the server-side half of docs/design.md, contract 2. It has two
 signatures, both with explicit input and output names (clients look tensors up
 by name, and auto-generated names such as ``StatefulPartitionedCall:0`` break
 them):

@@ -1,7 +1,7 @@
 """TFLite variants of an export, and running them with LiteRT (no TensorFlow needed).
 
 Conversion goes SavedModel -> ``TFLiteConverter.from_saved_model``: with TF 2.16
-and Keras 3, ``from_keras_model`` aborts the whole process (DESIGN.md), so it is
+and Keras 3, ``from_keras_model`` aborts the whole process (docs/design.md), so it is
 never called. Only TFLite *builtin* ops are allowed; a graph that needs
 Select-TF (Flex) ops fails the conversion with a message instead of producing a
 file that most runtimes cannot load.
@@ -141,7 +141,7 @@ class TFLiteEmbedder:
         sigs = self.interpreter.get_signature_list()
         if SERVING_SIGNATURE not in sigs or len(sigs[SERVING_SIGNATURE]["inputs"]) != 1:
             raise ValueError(f"{self.path}: expected a {SERVING_SIGNATURE!r} signature with one waveform input "
-                             f"(DESIGN.md contract 2), found {sigs}.")
+                             f"(docs/design.md, contract 2), found {sigs}.")
         self.input_name = sigs[SERVING_SIGNATURE]["inputs"][0]
         self.output_names: List[str] = list(sigs[SERVING_SIGNATURE]["outputs"])
         self.runner = self.interpreter.get_signature_runner(SERVING_SIGNATURE)
@@ -251,7 +251,7 @@ def outputs_finite(model: Any, input_samples: int, seed: int = 0) -> bool:
     """Whether LiteRT gives finite outputs for a silent and a noise crop.
 
     A converted SavedModel that kept a weight as a resource variable makes LiteRT
-    return NaN (seen with a newer TensorFlow, DESIGN.md); :func:`freeze_saved_model` fixes it.
+    return NaN (seen with a newer TensorFlow, docs/design.md); :func:`freeze_saved_model` fixes it.
     """
     x = np.stack([np.zeros(input_samples, np.float32),
                   np.random.default_rng(seed).uniform(-0.5, 0.5, input_samples).astype(np.float32)])

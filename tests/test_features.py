@@ -167,7 +167,7 @@ def test_serialisation_round_trip(tmp_path):
 
 
 def _tflite(model: keras.Model, tmp_path, name: str) -> bytes:
-    # DESIGN.md: TFLiteConverter.from_keras_model aborts the process with TF 2.16 +
+    # docs/design.md: TFLiteConverter.from_keras_model aborts the process with TF 2.16 +
     # Keras 3; export a SavedModel and convert that.
     saved = os.path.join(tmp_path, name)
     model.export(saved, verbose=False)

@@ -18,7 +18,7 @@ MASKS = np.array([[1, 1, 1, 1, 0, 0, 0, 0],
 
 
 def reference(a, p, n, cond, masks, margin, lam):
-    """Plain numpy version of the objective in DESIGN.md."""
+    """Plain numpy version of the objective in docs/design.md."""
     m = masks[cond]
     d_ap = np.sqrt(((m * (a - p)) ** 2).sum(1))
     d_an = np.sqrt(((m * (a - n)) ** 2).sum(1))

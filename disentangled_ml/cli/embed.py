@@ -1,6 +1,6 @@
 """Embed a folder of audio files (or a manifest) with an export, into a searchable catalogue.
 
-Uses only the export (DESIGN.md contract 2): its config.json and saved_model/,
+Uses only the export (docs/design.md, contract 2): its config.json and saved_model/,
 or model.tflite with --tflite (LiteRT, no TensorFlow model code). Each file is
 decoded, cut into segments of the export's length every --hop-seconds, and
 embedded; a track's embedding is the mean of its segments', re-normalised.

@@ -10,7 +10,7 @@ the same network untrained. Writes RUN_DIR/eval_<split>/metrics.json,
 accuracy.png, disentanglement.png and class_pairs.png, and prints the tables.
 
 The model is RUN_DIR/embedding.keras, or --model: another .keras file or an
-export directory (with saved_model/, DESIGN.md contract 2). The prepared
+export directory (with saved_model/, docs/design.md, contract 2). The prepared
 collection is --prepared, or the prepared_dir recorded in RUN_DIR/run.json.
 """
 

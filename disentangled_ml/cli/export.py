@@ -1,4 +1,4 @@
-"""Export a trained run for servers and devices (DESIGN.md contract 2).
+"""Export a trained run for servers and devices (docs/design.md, contract 2).
 
 Writes EXPORT_DIR/saved_model (signatures serving_default: waveform "audio" ->
 "embedding" + one output per condition; log_mel: log-mel input -> the same),

@@ -1,4 +1,4 @@
-"""Turn MTG-Jamendo autotagging TSVs into a manifest (DESIGN.md contract 1).
+"""Turn MTG-Jamendo autotagging TSVs into a manifest (docs/design.md, contract 1).
 
 Reads autotagging_genre.tsv, autotagging_moodtheme.tsv and autotagging_instrument.tsv
 (from a directory, or any MTG-Jamendo TSVs named explicitly, e.g. one split's files),

@@ -1,6 +1,6 @@
 """Validate a labelled collection, estimate missing tempi with madmom, and summarise its labels.
 
-Every file of MANIFEST (DESIGN.md contract 1) is decoded once at the
+Every file of MANIFEST (docs/design.md, contract 1) is decoded once at the
 configured sample rate; files that are missing, in an unsupported format,
 undecodable, shorter than one segment or silent are listed with their reason
 in OUT/rejected.csv and never stop the run. Accepted tracks go to

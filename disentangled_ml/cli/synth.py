@@ -1,4 +1,4 @@
-"""Generate a synthetic labelled collection: audio files plus manifest.csv (DESIGN.md contract 1).
+"""Generate a synthetic labelled collection: audio files plus manifest.csv (docs/design.md, contract 1).
 
 Every track draws four factors independently: genre (drum pattern and accompaniment
 style), mood (major/minor harmony and brightness), instrument (timbre of the lead

@@ -1,4 +1,4 @@
-"""Import MTG-Jamendo metadata as a manifest (DESIGN.md contract 1).
+"""Import MTG-Jamendo metadata as a manifest (docs/design.md, contract 1).
 
 MTG-Jamendo (Bogdanov et al., 2019) ships its labels as tab-separated files, e.g.
 ``data/autotagging_genre.tsv``, ``autotagging_moodtheme.tsv`` and

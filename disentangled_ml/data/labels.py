@@ -1,6 +1,6 @@
 """Label tables: a prepared collection's labels as dense arrays the TF graph can gather from.
 
-Similarity rules (DESIGN.md):
+Similarity rules (docs/design.md):
 
 * tag conditions (genre, mood, instrument, any extra column): two tracks are
   similar when they share at least one label, dissimilar when they share none;

@@ -1,4 +1,4 @@
-"""The labelled collection: DESIGN.md contract 1.
+"""The labelled collection: docs/design.md, contract 1.
 
 A manifest is a CSV with a header and one row per audio file (= one track):
 
@@ -85,7 +85,7 @@ def read_manifest(path: str) -> List[Track]:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "path" not in reader.fieldnames:
             raise ManifestError(f"manifest {path} has no 'path' column (header: {reader.fieldnames}); "
-                                "see DESIGN.md contract 1.")
+                                "see docs/design.md, contract 1.")
         tag_columns = [c for c in reader.fieldnames if c not in RESERVED_COLUMNS]
         prepared_columns = [c for c in reader.fieldnames if c in PREPARED_COLUMNS]
         for line, row in enumerate(reader, start=2):

@@ -1,6 +1,6 @@
 """``dml prepare``: validate a labelled collection, fill in tempo, summarise its labels.
 
-Every file of a manifest (DESIGN.md contract 1) is decoded once, at the
+Every file of a manifest (docs/design.md, contract 1) is decoded once, at the
 frontend's sample rate and mono, with :mod:`disentangled_ml.audio_io` (the
 decoder training uses), and is either accepted or rejected with a reason:
 
@@ -403,7 +403,7 @@ def label_report(tracks: Sequence[Track], conditions: Sequence[str], tempo_bin_b
     least two tracks each, or with no labelled track.
 
     Tempo: classes are ``tempo_bin_bpm``-wide BPM bins (for reading only). Similarity
-    uses the BPM values (DESIGN.md), so usability is judged on them: some pair must
+    uses the BPM values (docs/design.md), so usability is judged on them: some pair must
     lie within ``tempo_positive_bpm`` (a positive pair) and some pair further apart
     than ``tempo_negative_bpm`` (a negative). ``isolated`` lists nothing but counts
     the tracks with no other track within ``tempo_positive_bpm``.
@@ -574,7 +574,7 @@ def prepare_collection(manifest_path: str, out_dir: str, config: Optional[Config
     Parameters
     ----------
     manifest_path : str
-        Manifest CSV (DESIGN.md contract 1).
+        Manifest CSV (docs/design.md, contract 1).
     out_dir : str
         Output folder (created); see the module notes for what it holds.
     config : Config, optional

@@ -3,7 +3,7 @@
 The labels this module produces are *estimates*: madmom's RNN beat tracker
 (Böck & Schedl 2011) followed by comb-filter tempo estimation (Böck et al.
 2015, "Accurate tempo estimation based on recurrent neural networks and
-resonating comb filters"), the estimator DESIGN.md names for tempo labels. They
+resonating comb filters"), the estimator docs/design.md names for tempo labels. They
 carry madmom's usual failure modes, above all octave errors (a 70 BPM track
 reported as 140 BPM, or the reverse), and they are less reliable on music with
 a weak or changing pulse. Give a ``tempo`` column in the manifest wherever

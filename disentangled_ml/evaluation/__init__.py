@@ -4,7 +4,7 @@
   precision@k / mAP, relevance from the label rules).
 * :mod:`.baselines`: MFCC-VQ (the paper's baseline), MFCC statistics, the untrained
   network.
-* :mod:`.embedders`: a trained Keras model or an export (DESIGN.md contract 2)
+* :mod:`.embedders`: a trained Keras model or an export (docs/design.md, contract 2)
   behind one call, waveform crops -> embeddings.
 * :mod:`.runner`: :func:`evaluate` / :func:`evaluate_many` (one pass over the split's
   audio for every embedder) and :func:`evaluate_run` (a training run directory).

@@ -3,7 +3,7 @@
 An *embedder* is a callable ``f(waveforms) -> embeddings`` with waveforms
 float32 ``[b, segment_samples]`` in [-1, 1] at the run's sample rate and
 embeddings float ``[b, D]``. The evaluation only ever calls that, so a trained
-Keras model, an export (DESIGN.md contract 2), a baseline or a test's fake all
+Keras model, an export (docs/design.md, contract 2), a baseline or a test's fake all
 score the same way.
 """
 
@@ -20,7 +20,7 @@ from disentangled_ml.config import Config
 __all__ = ["KerasEmbedder", "SavedModelEmbedder", "load_embedder", "read_export_config", "EvaluationError",
            "EMBEDDING_KEY"]
 
-#: Output name carrying the embedding (DESIGN.md contract 2).
+#: Output name carrying the embedding (docs/design.md, contract 2).
 EMBEDDING_KEY = "embedding"
 
 
@@ -32,7 +32,7 @@ def _select_embedding(out: Any, who: str) -> np.ndarray:
     if isinstance(out, dict):
         if EMBEDDING_KEY not in out:
             raise EvaluationError(f"{who} returns outputs {sorted(out)}, none called {EMBEDDING_KEY!r} "
-                                  "(DESIGN.md contract 2).")
+                                  "(docs/design.md, contract 2).")
         out = out[EMBEDDING_KEY]
     return np.asarray(out, dtype=np.float32)
 
@@ -62,7 +62,7 @@ class SavedModelEmbedder:
 
     The signature takes one float32 ``[batch, samples]`` waveform input (whatever it is
     called; ``model.export`` names it after the Keras input, e.g. ``audio``) and
-    returns a dict with ``"embedding"`` (DESIGN.md contract 2).
+    returns a dict with ``"embedding"`` (docs/design.md, contract 2).
 
     Args:
         path: the ``saved_model`` directory.
@@ -85,7 +85,7 @@ class SavedModelEmbedder:
         sigs = getattr(self._loaded, "signatures", {})
         if "serving_default" not in sigs:
             raise EvaluationError(f"{path}: has no 'serving_default' signature (found {sorted(sigs)}); "
-                                  "re-export it as DESIGN.md contract 2 describes.")
+                                  "re-export it as docs/design.md, contract 2, describes.")
         self._fn = sigs["serving_default"]
         _, kwargs = self._fn.structured_input_signature
         if len(kwargs) != 1:
@@ -122,7 +122,7 @@ def read_export_config(export_dir: str) -> Dict[str, Any]:
 def load_embedder(path: str, batch_size: int = 64, config: Optional[Config] = None) -> Tuple[Any, str, Dict[str, Any]]:
     """Load a model to evaluate from a ``.keras`` file or an export directory.
 
-    An export directory is recognised by its ``saved_model/`` folder (DESIGN.md
+    An export directory is recognised by its ``saved_model/`` folder (docs/design.md,
     contract 2); a ``saved_model`` folder itself is accepted too.
 
     Args:
@@ -146,7 +146,7 @@ def load_embedder(path: str, batch_size: int = 64, config: Optional[Config] = No
         if os.path.isfile(os.path.join(path, "saved_model.pb")):
             return SavedModelEmbedder(path, batch_size), "saved_model", read_export_config(os.path.dirname(path))
         raise EvaluationError(f"{path}: a folder without saved_model/; give a .keras file or an export "
-                              "directory (DESIGN.md contract 2).")
+                              "directory (docs/design.md, contract 2).")
     if not os.path.isfile(path):
         raise EvaluationError(f"{path}: no such model file; train a run first (dml train) or give --model.")
     import keras

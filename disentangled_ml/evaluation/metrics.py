@@ -10,7 +10,7 @@ float array ``[N, D]``. A *view* says which part of it a condition is measured i
 * a float array ``[D]``: an element-wise mask (CSN's learned masks), i.e. the
   distance is ``||m * (x - y)||``.
 
-Distances are Euclidean, as in the export contract (DESIGN.md contract 2).
+Distances are Euclidean, as in the export contract (docs/design.md, contract 2).
 """
 
 from __future__ import annotations

@@ -463,7 +463,7 @@ def _check_embedder(embedder: Embedder, config: Config, who: str, dim: Optional[
 
 
 def _export_views(export_config: Mapping[str, Any], config: Config, model_path: str) -> Optional[Dict[str, View]]:
-    """Slices from an export's ``config.json`` (DESIGN.md contract 2), checked against the run's config."""
+    """Slices from an export's ``config.json`` (docs/design.md, contract 2), checked against the run's config."""
     fe = config.frontend
     sr, seconds = export_config.get("sample_rate"), export_config.get("segment_seconds")
     if sr is not None and int(sr) != fe.sample_rate:

@@ -25,14 +25,14 @@ Reshape), so every family exports with the frontend in one graph.
 
 ``inception_lite`` (the default since 0.3) is the Inception family with a cheaper stem and
 half the width: a 3x3 convolution with stride 2 in time (``cfg.model.stem_stride``, (2, 1)),
-then 2x2 max-pooling, so the first block sees a 33 x 117 grid instead of the paper's
-65 x 117, and 32 stem filters instead of 64. The frequency axis keeps the paper's
+then 2x2 max-pooling, so the first block sees a 32 x 117 grid instead of the paper's
+64 x 117, and 32 stem filters instead of 64. The frequency axis keeps the paper's
 resolution: after one halving, the pitch bands (24 an octave) still resolve semitones,
-which is what tells a major third from a minor one. 0.3 strode frequency too (a 33 x 59
+which is what tells a major third from a minor one. 0.3 strode frequency too (a 32 x 59
 grid, 6 pitch bands an octave at the first block); configs saved by 0.3 keep that stem.
-The paper's stem ran 64 filters of 5x5 over every one of the 129 x 233 time-frequency
+The paper's stem ran 64 filters of 5x5 over every one of the 128 x 233 time-frequency
 bins and wrote 1.9 M activations a crop before its first pooling, the shape a CPU
-handles worst, and its first block ran at 65 x 117. The same six blocks and channel
+handles worst, and its first block ran at 64 x 117. The same six blocks and channel
 proportions follow. A training step of 32 triplets took 0.7 s against 6.9 s for the
 paper's network on a 2-core CPU (benchmarks/train_step.py, benchmarks/RESULTS.md).
 

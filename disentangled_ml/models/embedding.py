@@ -18,7 +18,7 @@ from disentangled_ml.models.backbones import build_backbone
 __all__ = ["L2Normalize", "build_embedding_model", "add_frontend", "slice_outputs",
            "EMBEDDING_OUTPUT", "RAW_OUTPUT"]
 
-#: Output names of the embedding model (and of the export signature, DESIGN.md contract 2).
+#: Output names of the embedding model (and of the export signature, docs/design.md, contract 2).
 EMBEDDING_OUTPUT = "embedding"
 #: The un-normalised backbone output, for CSN's embedding-norm penalty.
 RAW_OUTPUT = "raw_embedding"
