@@ -11,8 +11,14 @@ For one 3 s segment (batch 1), on one CPU thread:
 Each is warmed up, then timed ``--repeats`` times; the median and 90th percentile
 are reported, with the file size and the parity numbers of the export.
 
+The frontend alone (waveform -> log-mel and pitch bands, float32 TFLite, the same
+``disentangled_ml.features.log_mel`` the exports carry) is timed the same way twice:
+with the filterbanks trimmed to the FFT bins they weight (what every export uses since
+0.4) and with the full matrices (0.3's frontend, the reference), so the share of the
+frontend in a variant's latency is measured, not inferred.
+
 Without ``--run`` the script builds an untrained model of the default ``Config()``
-(inception, width 64, 22,050 Hz, 3 s) and exports it with synthetic calibration
+(the default network, 22,050 Hz, 3 s) and exports it with synthetic calibration
 audio: size and latency do not depend on the weights (the JSON says so). With
 ``--run RUN_DIR`` it exports that trained run instead.
 
@@ -83,6 +89,46 @@ def tflite_latency(path: str, segment_samples: int, warmup: int = 3, repeats: in
     return _time(lambda: runner(audio=x), warmup, repeats)
 
 
+def _frontend_fn(fe, banks):
+    from disentangled_ml.features import log_mel
+
+    def frontend(audio):
+        return {"log_mel": log_mel(audio, fe, banks)}
+
+    return frontend
+
+
+def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
+    """Single-thread LiteRT latency of the frontend alone, as float32 TFLite, with trimmed and
+    with full filterbanks (rows ``{"variant", "file", "size_bytes", "latency_ms_*",
+    "max_abs_diff_vs_full"}``); ``fe`` is a FrontendConfig."""
+    import tensorflow as tf
+
+    from disentangled_ml.export.tflite import open_interpreter
+    from disentangled_ml.features import Filterbanks, filterbanks, mel_filterbank, pitch_filterbank
+
+    seg = fe.segment_samples
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, seg)).astype(np.float32)
+    variants = (("frontend", filterbanks(fe)),
+                ("frontend_full_fb", Filterbanks(mel_filterbank(fe), pitch_filterbank(fe))))
+    rows, outputs = [], {}
+    for name, banks in variants:
+        module = tf.Module()
+        module.serve = tf.function(_frontend_fn(fe, banks),
+                                   input_signature=[tf.TensorSpec([1, seg], tf.float32, name="audio")])
+        saved = os.path.join(work, name)
+        tf.saved_model.save(module, saved, signatures={"serving_default": module.serve})
+        path = saved + ".tflite"
+        with open(path, "wb") as f:
+            f.write(tf.lite.TFLiteConverter.from_saved_model(saved).convert())
+        runner = open_interpreter(path, num_threads=1).get_signature_runner()
+        outputs[name] = runner(audio=x)["log_mel"]
+        rows.append({"variant": name, "file": f"{name}.tflite (benchmark only)", "size_bytes": os.path.getsize(path),
+                     **_time(lambda: runner(audio=x), warmup, repeats)})
+    rows[0]["max_abs_diff_vs_full"] = float(np.max(np.abs(outputs["frontend"] - outputs["frontend_full_fb"])))
+    return rows
+
+
 def untrained_int8(cfg, work: str, warmup: int = 3, repeats: int = 30, parity_segments: int = 4) -> dict:
     """Size and single-thread latency of the dynamic-range int8 TFLite (``model_int8.tflite``) of an
     untrained model of ``cfg``, exported under ``work`` with synthetic audio (no int8_full variant).
@@ -103,6 +149,14 @@ def untrained_int8(cfg, work: str, warmup: int = 3, repeats: int = 30, parity_se
     size = os.path.getsize(path)
     return {"int8_bytes": size, "int8_mb": size / 1e6, "export_seconds": seconds,
             **tflite_latency(path, cfg.frontend.segment_samples, warmup, repeats)}
+
+
+def config_frontend(run: str):
+    """The FrontendConfig of a run directory (or of the run holding a ``.keras`` file)."""
+    from disentangled_ml.config import Config
+
+    folder = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
+    return Config.from_json(os.path.join(folder, "config.json")).frontend
 
 
 def main(argv=None) -> int:
@@ -159,6 +213,7 @@ def main(argv=None) -> int:
             rows.append({"variant": v.name, "file": v.filename, "size_bytes": os.path.getsize(path),
                          **_time(lambda: runner(audio=x), args.warmup, args.repeats),
                          **{k: parity["variants"][v.name][k] for k in ("max_abs_diff", "min_cosine")}})
+        rows += frontend_latency(config_frontend(run), work, args.warmup, args.repeats)
         keras_ms = rows[0]["latency_ms_median"]
         for r in rows:
             r["speedup_vs_keras"] = keras_ms / r["latency_ms_median"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import keras
 import numpy as np
@@ -112,33 +112,58 @@ def _pitch_filterbank(sample_rate: int, n_fft: int, bands_per_octave: int, fmin:
 
 
 class Filterbanks(NamedTuple):
-    """The frontend's constant matrices: ``mel`` ``[n_fft//2+1, n_mels]`` and ``pitch``
-    ``[pitch_n_fft//2+1, n_pitch_bands]`` (None without pitch bands); numpy or tensors."""
+    """The frontend's constant matrices, each trimmed to the FFT bins it weights.
+
+    ``mel`` is ``[mel_bins[1] - mel_bins[0], n_mels]`` and ``pitch``
+    ``[pitch_bins[1] - pitch_bins[0], n_pitch_bands]`` (None without pitch bands): the
+    rows of :func:`mel_filterbank` / :func:`pitch_filterbank` from the first to the last
+    non-zero one. :func:`log_mel` multiplies only those bins of the spectrum, which gives
+    the same bands: the pitch bands span 65-2100 Hz, about 380 of a 4096-point STFT's
+    2049 bins, so the full matrix would spend four fifths of the frontend's largest
+    matmul on zeros. numpy arrays or tensors; the bin ranges are Python ints.
+    """
 
     mel: Any
     pitch: Any = None
+    mel_bins: Tuple[int, int] = (0, 0)
+    pitch_bins: Tuple[int, int] = (0, 0)
+
+
+def _support(matrix: np.ndarray) -> Tuple[int, int]:
+    """``(first, last + 1)`` of the rows of ``matrix`` that hold a non-zero weight."""
+    rows = np.flatnonzero(np.any(matrix != 0, axis=1))
+    return (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, matrix.shape[0])
 
 
 def filterbanks(cfg: FrontendConfig, as_tensors: bool = False) -> Filterbanks:
-    """The matrices :func:`log_mel` multiplies with, built once per config.
+    """The matrices :func:`log_mel` multiplies with, trimmed to their bins, built once per config.
 
     Args:
         cfg: the frontend configuration.
         as_tensors: return ``tf.constant`` s (build them once, outside a ``tf.data`` map).
     """
-    banks = Filterbanks(mel_filterbank(cfg), pitch_filterbank(cfg))
+    mel, pitch = mel_filterbank(cfg), pitch_filterbank(cfg)
+    mel_bins = _support(mel)
+    pitch_bins = _support(pitch) if pitch is not None else (0, 0)
+    mel = mel[mel_bins[0]:mel_bins[1]]
+    if pitch is not None:
+        pitch = pitch[pitch_bins[0]:pitch_bins[1]]
     if as_tensors:
-        banks = Filterbanks(*(None if b is None else tf.constant(b) for b in banks))
-    return banks
+        mel, pitch = (None if b is None else tf.constant(b) for b in (mel, pitch))
+    return Filterbanks(mel, pitch, mel_bins, pitch_bins)
 
 
 def filterbank_weight_shapes(cfg: FrontendConfig) -> list:
-    """The filterbank matrices' shapes as a TFLite FULLY_CONNECTED stores them: ``[(bands, fft_bins), ...]``."""
-    return [tuple(int(d) for d in b.shape[::-1]) for b in filterbanks(cfg) if b is not None]
+    """The filterbank matrices' shapes as a TFLite FULLY_CONNECTED stores them: ``[(bands, fft_bins), ...]``
+    (the trimmed matrices :func:`log_mel` multiplies with)."""
+    banks = filterbanks(cfg)
+    return [tuple(int(d) for d in b.shape[::-1]) for b in (banks.mel, banks.pitch) if b is not None]
 
 
-def _power_spectrogram(x: tf.Tensor, n_fft: int, hop_length: int, power: float) -> tf.Tensor:
-    """``|STFT|**power`` of ``x [..., samples]``: periodic Hann, no padding -> ``[..., T, n_fft//2+1]``."""
+def _power_spectrogram(x: tf.Tensor, n_fft: int, hop_length: int, power: float,
+                       bins: Tuple[int, int] = (0, 0)) -> tf.Tensor:
+    """``|STFT|**power`` of ``x [..., samples]``: periodic Hann, no padding -> ``[..., T, n_fft//2+1]``,
+    or only FFT bins ``bins[0] .. bins[1] - 1`` when ``bins`` is not ``(0, 0)``."""
     # pad_end=False: librosa's center=False drops the trailing partial frame too.
     frames = tf.signal.frame(x, n_fft, hop_length, pad_end=False)  # [..., T, n_fft]
     window = tf.signal.hann_window(n_fft, periodic=True, dtype=tf.float32)  # scipy 'hann' (fftbins=True)
@@ -146,6 +171,10 @@ def _power_spectrogram(x: tf.Tensor, n_fft: int, hop_length: int, power: float) 
     # |X|^2 from real and imaginary parts: Real/Imag/Mul/Add are TFLite builtins and the
     # power spectrogram (the default) needs no square root at all.
     re, im = tf.math.real(spec), tf.math.imag(spec)
+    if bins != (0, 0):
+        # the bins the filterbank weights; sliced after Real/Imag because TFLite's
+        # StridedSlice takes no complex tensors
+        re, im = re[..., bins[0]:bins[1]], im[..., bins[0]:bins[1]]
     power_spec = re * re + im * im
     return tf.sqrt(power_spec) if power == 1.0 else power_spec
 
@@ -188,14 +217,15 @@ def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = N
     as_tensor = lambda m: m if isinstance(m, tf.Tensor) else tf.constant(m, dtype=tf.float32)  # noqa: E731
 
     # matmul broadcasts the [F, bands] matrix over the leading axes
-    s = tf.matmul(_power_spectrogram(x, cfg.n_fft, cfg.hop_length, cfg.power), as_tensor(banks.mel))
+    s = tf.matmul(_power_spectrogram(x, cfg.n_fft, cfg.hop_length, cfg.power, banks.mel_bins),
+                  as_tensor(banks.mel))
     if cfg.pitch_bands_per_octave:
         if banks.pitch is None:
             raise ValueError("log_mel: the config has pitch bands but the filterbanks passed have none; "
                              "build them with filterbanks(cfg).")
         half = (cfg.pitch_n_fft - cfg.n_fft) // 2
         padded = tf.pad(x, [[0, 0]] * (x.shape.rank - 1) + [[half, half]])
-        pitch = tf.matmul(_power_spectrogram(padded, cfg.pitch_n_fft, cfg.hop_length, cfg.power),
+        pitch = tf.matmul(_power_spectrogram(padded, cfg.pitch_n_fft, cfg.hop_length, cfg.power, banks.pitch_bins),
                           as_tensor(banks.pitch))
         s = tf.concat([s, pitch], axis=-1)
     # log10 via natural log: TFLite has LOG but no LOG10; log(1+x) rather than log1p,

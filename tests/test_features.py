@@ -265,3 +265,18 @@ def test_configs_saved_before_pitch_bands_keep_the_mel_frontend():
         layer_config.pop(k)
     legacy = LogMelSpectrogram.from_config(layer_config)
     assert legacy.compute_output_shape((None, CFG.segment_samples)) == (None, CFG.num_frames, CFG.n_mels)
+
+
+def test_filterbanks_are_trimmed_to_their_bins_without_changing_the_bands():
+    banks = filterbanks(CFG)
+    full_pitch, full_mel = pitch_filterbank(CFG), mel_filterbank(CFG)
+    lo, hi = banks.pitch_bins
+    # every weight outside the kept bins is zero, and the kept rows are the full matrix's
+    assert not full_pitch[:lo].any() and not full_pitch[hi:].any()
+    np.testing.assert_array_equal(banks.pitch, full_pitch[lo:hi])
+    np.testing.assert_array_equal(banks.mel, full_mel[banks.mel_bins[0]:banks.mel_bins[1]])
+    # 65-2100 Hz is a fifth of a 4096-point STFT's bins: the pitch matmul shrinks accordingly
+    assert (hi - lo) * 4 < full_pitch.shape[0]
+    # the bands equal those of the untrimmed matrices (librosa's STFT, the full filterbanks)
+    wave = synthetic_music(2.0, CFG.sample_rate)
+    np.testing.assert_allclose(log_mel(wave, CFG).numpy(), log_mel_librosa(wave, CFG), atol=2e-4)
