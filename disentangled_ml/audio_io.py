@@ -26,7 +26,8 @@ SUPPORTED_EXTENSIONS: Tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")
 
 # Decoder codes understood by decode_audio_tf, chosen by prepare from the file's
 # container and sample type. The order is part of the prepared-manifest format.
-FORMAT_CODES: Tuple[str, ...] = ("wav:int16", "wav:int32", "wav:float32", "flac:int16", "flac:int32", "ogg", "mp3")
+FORMAT_CODES: Tuple[str, ...] = ("wav:int16", "wav:int32", "wav:float32", "flac:int16", "flac:int32", "ogg", "mp3",
+                                  "wav:uint8")  # new codes go last: prepared manifests store the index
 
 
 # tensorflow-io's AudioIOTensor is not safe to construct from several threads at once:
@@ -43,9 +44,10 @@ _PROBE_LOCK = threading.Lock()
 _SNDFILE_CODES = {
     (".wav", "PCM_16"): "wav:int16", (".wav", "PCM_24"): "wav:int32", (".wav", "FLOAT"): "wav:float32",
     (".flac", "PCM_16"): "flac:int16", (".flac", "PCM_24"): "flac:int32",
+    (".wav", "PCM_U8"): "wav:uint8",  # unsigned 8-bit, offset 128 (tensorflow-io decodes it exactly)
 }
 #: What to tell the user for sample types tensorflow-io cannot decode correctly.
-_UNSUPPORTED_HINT = ("re-encode it as 16- or 24-bit PCM (or 32-bit float WAV), e.g. "
+_UNSUPPORTED_HINT = ("re-encode it as 16- or 24-bit PCM (or 32-bit float or unsigned 8-bit WAV), e.g. "
                      "`sox IN -b 16 OUT` or `ffmpeg -i IN -c:a pcm_s16le OUT.wav`")
 
 
@@ -204,6 +206,7 @@ def decode_audio_tf(contents, format_index, file_rate, sample_rate: int):
         pcm(tfio.audio.decode_flac, tf.int32, 1.0 / 2147483648.0),
         lambda: tfio.audio.decode_vorbis(contents),
         lambda: tfio.audio.decode_mp3(contents),
+        lambda: (tf.cast(tfio.audio.decode_wav(contents, dtype=tf.uint8), tf.float32) - 128.0) * (1.0 / 128.0),
     ]
     y = tf.switch_case(tf.cast(format_index, tf.int32), branches)
     y = tf.reduce_mean(y, axis=1)  # [samples, channels] -> mono
