@@ -261,6 +261,11 @@ class ModelConfig:
     onset_lags: Optional[int] = None
     # (time, frequency) stride of the stem convolution. None: the family's.
     stem_stride: Optional[Tuple[int, int]] = None
+    # Conditions whose slices the onset branch feeds (fixed masks); None: the whole embedding
+    # (0.3, and always with learned masks or none). Tempo alone since 0.4: an onset
+    # autocorrelation nearly identifies a track by its rhythm, and fed to every slice it let
+    # the instrument slice memorise training tracks (benchmarks/RESULTS.md).
+    onset_conditions: Optional[Tuple[str, ...]] = ("tempo",)
     mask_mode: str = "fixed"  # "fixed" slices, "learned" (CSN) or "none" (one global space).
     dropout: float = 0.0
     # Batch-norm moving-statistics momentum (Keras' default); lower it for short runs,
@@ -281,6 +286,11 @@ class ModelConfig:
                and all(isinstance(v, int) and v >= 1 for v in self.stem_stride), "model.stem_stride",
                self.stem_stride, "two integers >= 1: the stem's (time, frequency) stride")
         object.__setattr__(self, "stem_stride", tuple(self.stem_stride))  # JSON gives a list
+        if self.onset_conditions is not None:
+            _check(isinstance(self.onset_conditions, (list, tuple)) and len(self.onset_conditions) >= 1
+                   and all(isinstance(n, str) for n in self.onset_conditions), "model.onset_conditions",
+                   self.onset_conditions, "a list of condition names, or null for the whole embedding")
+            object.__setattr__(self, "onset_conditions", tuple(self.onset_conditions))
         _check(isinstance(self.width, int) and self.width >= 4, "model.width", self.width, "an integer >= 4 filters")
         _check(isinstance(self.onset_lags, int) and self.onset_lags >= 0, "model.onset_lags", self.onset_lags,
                "an integer >= 0 frames (0 = no onset branch)")
@@ -403,10 +413,11 @@ class Config:
             if lean_legacy:
                 # saved before 0.3: the paper-shaped network, the plateau schedule, audio caches
                 values.update({k: v for k, v in _BEFORE_LEAN.get(name, {}).items() if k not in values})
-            if (name == "model" and values.get("backbone") == "inception_lite" and "stem_stride" not in values
-                    and _saved_before(d.get("version"), TIME_ONLY_STEM_SINCE)):
-                # saved by 0.3: its lean stem strode time and frequency
-                values["stem_stride"] = (2, 2)
+            if name == "model" and _saved_before(d.get("version"), TIME_ONLY_STEM_SINCE):
+                # saved by 0.3: its lean stem strode time and frequency, its onset branch fed every slice
+                if values.get("backbone") == "inception_lite":
+                    values.setdefault("stem_stride", (2, 2))
+                values.setdefault("onset_conditions", None)
             known = {f.name for f in dataclasses.fields(klass)}
             bad = set(values) - known
             if bad:
@@ -460,8 +471,9 @@ PITCH_BANDS_SINCE = (0, 2)
 #: (benchmarks/RESULTS.md, "Time to accuracy"). A config saved by an older version lacks those
 #: fields and gets what that version did.
 LEAN_DEFAULTS_SINCE = (0, 3)
-#: The version whose lean stem strides time only (``model.stem_stride``); a 0.3 config naming
-#: ``inception_lite`` without the key meant stride 2 on both axes.
+#: The version whose lean stem strides time only (``model.stem_stride``) and whose onset branch
+#: feeds the tempo slice alone (``model.onset_conditions``); a 0.3 config naming
+#: ``inception_lite`` without those keys meant stride 2 on both axes and the whole embedding.
 TIME_ONLY_STEM_SINCE = (0, 4)
 _BEFORE_LEAN: Dict[str, Dict[str, Any]] = {
     "model": {"backbone": "inception", "onset_lags": 0},

@@ -140,3 +140,34 @@ def test_cached_track_features_give_the_crops_computed_on_the_fly():
         np.testing.assert_allclose(cached[:, :n_mels], crop[:, :n_mels], atol=tol)
         # pitch bands: the same away from the crop's edges, where the crop alone sees zero padding
         np.testing.assert_allclose(cached[edge:-edge, n_mels:], crop[edge:-edge, n_mels:], atol=tol)
+
+
+def test_onset_branch_feeds_only_the_tempo_slice_by_default():
+    cfg = tiny_config()
+    assert cfg.model.onset_conditions == ("tempo",)
+    net = build_backbone(cfg)
+    # silence the main projection: what is left of the output comes through the onset branch alone
+    proj = net.get_layer("projection")
+    proj.set_weights([np.zeros_like(w) for w in proj.get_weights()])
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(2, cfg.frontend.num_frames, cfg.frontend.n_bands)).astype(np.float32)
+    out = np.asarray(net(x))
+    start, stop = cfg.conditions.slices["tempo"]
+    assert np.abs(out[:, start:stop]).max() > 0
+    outside = np.concatenate([out[:, :start], out[:, stop:]], axis=1)
+    assert np.abs(outside).max() == 0.0
+    # null feeds the whole embedding (0.3's graph: the onsets join the pooled features)
+    whole = build_backbone(cfg.replace(**{"model.onset_conditions": None}))
+    assert "cnn_and_onsets" in [layer.name for layer in whole.layers]
+    with pytest.raises(ConfigError, match="model.onset_conditions"):
+        build_backbone(cfg.replace(**{"model.onset_conditions": ["rhythm"]}))
+
+
+def test_configs_saved_by_0_3_keep_the_onset_branch_on_every_slice():
+    saved = Config().to_dict()
+    saved["version"] = "0.3.0"
+    for key in ("stem_stride", "onset_conditions"):
+        del saved["model"][key]
+    old = Config.from_dict(saved)
+    assert old.model.onset_conditions is None and old.model.stem_stride == (2, 2)
+    assert Config.from_dict(json.loads(json.dumps(Config().to_dict()))).model.onset_conditions == ("tempo",)

@@ -58,7 +58,7 @@ from keras import layers, ops
 
 from disentangled_ml.config import Config, ConfigError
 
-__all__ = ["BACKBONES", "STEMS", "OnsetAutocorrelation", "build_backbone", "conv_bn_relu"]
+__all__ = ["BACKBONES", "STEMS", "OnsetAutocorrelation", "SliceGate", "build_backbone", "conv_bn_relu", "onset_gate"]
 
 #: Output channels of the six blocks, in multiples of ``cfg.model.width``. Channels
 #: double where the time-frequency resolution halves, as in VGG/ResNet/GoogLeNet.
@@ -214,6 +214,53 @@ class OnsetAutocorrelation(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="disentangled_ml")
+class SliceGate(keras.layers.Layer):
+    """Multiplies ``[batch, D]`` by a constant 0/1 vector: keeps the embedding dimensions of some
+    condition slices and zeroes the rest (how the onset branch reaches only its slices).
+
+    Args:
+        gate: ``D`` floats, 1 on the kept dimensions.
+    """
+
+    def __init__(self, gate, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = [float(v) for v in gate]
+
+    def call(self, x):
+        return x * ops.convert_to_tensor(self.gate, dtype=x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(gate=self.gate)
+        return config
+
+
+def onset_gate(cfg: Config):
+    """The 0/1 vector ``[embedding_dim]`` of the slices the onset branch feeds, or None when it
+    feeds the whole embedding (``model.onset_conditions`` None, or masks that are not fixed slices).
+
+    Raises:
+        ConfigError: a name in ``model.onset_conditions`` is not a condition.
+    """
+    routed = cfg.model.onset_conditions
+    if routed is None or cfg.model.mask_mode != "fixed":
+        return None
+    unknown = [n for n in routed if n not in cfg.conditions.names]
+    if unknown:
+        raise ConfigError(f"model.onset_conditions names {unknown}, which are not conditions "
+                          f"({list(cfg.conditions.names)}); list the conditions whose slices the onset branch "
+                          "should feed, or null for the whole embedding.")
+    gate = [0.0] * cfg.conditions.embedding_dim
+    for n in routed:
+        start, stop = cfg.conditions.slices[n]
+        gate[start:stop] = [1.0] * (stop - start)
+    return gate
+
+
 def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
     """Build the CNN of ``cfg.model.backbone``.
 
@@ -260,11 +307,21 @@ def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
     # Every block ends in a ReLU, so the pooled features are already non-negative:
     # the paper's "ReLU" after the blocks is that one, and no second ReLU is added.
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    onsets, gate = None, None
     if cfg.model.onset_lags:
         onsets = OnsetAutocorrelation(cfg.frontend.n_mels, cfg.model.onset_lags, name="onset_autocorrelation")(inputs)
         onsets = layers.Dense(2 * width, activation="relu", name="onset_dense")(onsets)
-        x = layers.Concatenate(name="cnn_and_onsets")([x, onsets])
+        gate = onset_gate(cfg)
+        if gate is None:  # the whole embedding (0.3): the onsets join the pooled features
+            x = layers.Concatenate(name="cnn_and_onsets")([x, onsets])
     if cfg.model.dropout > 0:
         x = layers.Dropout(cfg.model.dropout, name="dropout")(x)
     outputs = layers.Dense(cfg.conditions.embedding_dim, name="projection")(x)
+    if gate is not None:
+        # Only the listed slices (tempo by default) read the tempogram. An onset
+        # autocorrelation is close to a fingerprint of a track's tempo and rhythm; fed to
+        # every slice, it let the instrument and mood slices tell the training tracks apart
+        # by rhythm instead of hearing timbre and harmony (benchmarks/RESULTS.md).
+        routed = layers.Dense(cfg.conditions.embedding_dim, use_bias=False, name="onset_projection")(onsets)
+        outputs = layers.Add(name="projection_and_onsets")([outputs, SliceGate(gate, name="onset_slices")(routed)])
     return keras.Model(inputs, outputs, name=name)
