@@ -304,3 +304,22 @@ def test_cli_reports_user_errors(tmp_path):
         cli_prepare.run(parser.parse_args([str(tmp_path / "manifest.csv"), "--out", str(tmp_path)]))
     with pytest.raises(PrepareError, match="jobs=-1"):
         prepare_collection(str(tmp_path / "manifest.csv"), str(tmp_path / "o"), jobs=-1)
+
+
+def test_every_bad_manifest_row_is_reported_in_one_error(tmp_path):
+    from disentangled_ml.data.manifest import ManifestError
+
+    write_csv(tmp_path / "manifest.csv", [
+        {"path": "a.wav", "track_id": "a", "tempo": "120"},
+        {"path": "b.wav", "track_id": "b", "tempo": "fast"},
+        {"path": "c.wav", "track_id": "a", "tempo": ""},
+        {"path": "", "track_id": "d", "tempo": ""},
+        {"path": "e.wav", "track_id": "e", "tempo": "4000"},
+    ])
+    with pytest.raises(ManifestError) as info:
+        read_manifest(str(tmp_path / "manifest.csv"))
+    message = str(info.value)
+    assert "4 bad row(s)" in message
+    for expected in ("line 3: tempo 'fast' is not a number", "line 4: track_id 'a' repeats line 2",
+                     "line 5: empty 'path'", "line 6: tempo '4000' is not a plausible BPM"):
+        assert expected in message

@@ -69,18 +69,27 @@ def parse_labels(value: str) -> Tuple[str, ...]:
     return tuple(sorted({v.strip() for v in value.split(LABEL_SEPARATOR) if v.strip()}))
 
 
+#: Row problems listed in one ManifestError before "... and N more".
+MAX_LISTED_PROBLEMS = 50
+
+
 def read_manifest(path: str) -> List[Track]:
     """Read and validate a manifest CSV.
 
+    Every row is checked before anything is raised, so a user fixing a large manifest
+    sees all of its row problems at once, not one per run.
+
     Raises:
-        ManifestError: missing file, no ``path`` column, empty path, duplicate
-            track id, or a tempo that is not a BPM. The message names the row.
+        ManifestError: missing file, no ``path`` column or no rows; or, listing every
+            bad row (file and line; the first :data:`MAX_LISTED_PROBLEMS` of them, then a
+            count), empty paths, duplicate track ids and tempi that are not a BPM.
     """
     if not os.path.isfile(path):
         raise ManifestError(f"manifest {path} does not exist.")
     base = os.path.dirname(os.path.abspath(path))
     tracks: List[Track] = []
     seen: Dict[str, int] = {}
+    problems: List[str] = []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "path" not in reader.fieldnames:
@@ -92,19 +101,32 @@ def read_manifest(path: str) -> List[Track]:
             where = f"{path}, line {line}"
             rel = (row.get("path") or "").strip()
             if not rel:
-                raise ManifestError(f"{where}: empty 'path'.")
+                problems.append(f"{where}: empty 'path'.")
+                continue
             audio = rel if os.path.isabs(rel) else os.path.normpath(os.path.join(base, rel))
             track_id = (row.get("track_id") or "").strip() or rel
             if track_id in seen:
-                raise ManifestError(f"{where}: track_id {track_id!r} repeats line {seen[track_id]}; track ids must be unique.")
+                problems.append(f"{where}: track_id {track_id!r} repeats line {seen[track_id]}; "
+                                "track ids must be unique.")
+                continue
             seen[track_id] = line
+            try:
+                tempo = _parse_tempo(row.get("tempo") or "", where)
+            except ManifestError as e:
+                problems.append(str(e))
+                continue
             tracks.append(Track(
                 path=audio,
                 track_id=track_id,
                 labels={c: parse_labels(row.get(c) or "") for c in tag_columns},
-                tempo=_parse_tempo(row.get("tempo") or "", where),
+                tempo=tempo,
                 info={c: row.get(c) or "" for c in prepared_columns},
             ))
+    if problems:
+        listed = problems[:MAX_LISTED_PROBLEMS]
+        more = len(problems) - len(listed)
+        raise ManifestError(f"manifest {path} has {len(problems)} bad row(s); fix them and run again:\n  "
+                            + "\n  ".join(listed) + (f"\n  ... and {more} more." if more else ""))
     if not tracks:
         raise ManifestError(f"manifest {path} has no rows.")
     return tracks
