@@ -171,3 +171,27 @@ def test_configs_saved_by_0_3_keep_the_onset_branch_on_every_slice():
     old = Config.from_dict(saved)
     assert old.model.onset_conditions is None and old.model.stem_stride == (2, 2)
     assert Config.from_dict(json.loads(json.dumps(Config().to_dict()))).model.onset_conditions == ("tempo",)
+
+
+def test_training_on_a_collection_prepared_by_an_older_version_says_which_defaults_it_keeps(tmp_path, caplog):
+    import argparse
+    import logging
+
+    from disentangled_ml.cli import train as cli_train
+
+    saved = Config().to_dict()
+    saved["version"] = "0.3.0"
+    for key in ("stem_stride", "onset_conditions"):
+        del saved["model"][key]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    with caplog.at_level(logging.WARNING):
+        cfg = cli_train.load_config(parser.parse_args([str(tmp_path), "--out", str(tmp_path / "run")]))
+    assert cfg.model.stem_stride == (2, 2)
+    assert "written by disentangled_ml 0.3.0" in caplog.text and "--config" in caplog.text
+    caplog.clear()
+    (tmp_path / "config.json").write_text(json.dumps(Config().to_dict()))
+    with caplog.at_level(logging.WARNING):
+        cli_train.load_config(parser.parse_args([str(tmp_path), "--out", str(tmp_path / "run")]))
+    assert "written by" not in caplog.text

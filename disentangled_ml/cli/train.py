@@ -57,6 +57,28 @@ def parse_overrides(items, args=None):
     return overrides
 
 
+def _warn_if_older(path: str) -> None:
+    """Say so when a prepared collection's config.json comes from an older minor version: it keeps
+    that version's network and schedule (Config.from_dict), which a user who upgraded may not expect."""
+    import json
+    import logging
+
+    from disentangled_ml import __version__
+
+    with open(path) as f:
+        saved = json.load(f).get("version")
+    minor = lambda v: tuple(int(p) for p in str(v).split(".")[:2])  # noqa: E731
+    try:
+        older = saved is not None and minor(saved) < minor(__version__)
+    except ValueError:
+        return
+    if older:
+        logging.getLogger(__name__).warning(
+            "%s was written by disentangled_ml %s, so this run keeps that version's defaults for what it does not "
+            "name (network, schedule); for %s's defaults, pass --config with a new config or delete that file.",
+            path, saved, __version__)
+
+
 def load_config(args):
     import os
 
@@ -66,7 +88,9 @@ def load_config(args):
         if args.config:
             cfg = Config.from_json(args.config)
         elif os.path.isfile(os.path.join(args.prepared_dir, "config.json")):
-            cfg = Config.from_json(os.path.join(args.prepared_dir, "config.json"))
+            prepared = os.path.join(args.prepared_dir, "config.json")
+            cfg = Config.from_json(prepared)
+            _warn_if_older(prepared)
         else:
             cfg = Config()
         overrides = parse_overrides(args.set, args)
