@@ -61,7 +61,8 @@ CANDIDATES: Dict[str, Dict[str, Any]] = {
     "paper_se": {"model.backbone": "se"},
     REFERENCE: {"model.backbone": "inception"},
     "lite": {},
-    "lite_0.3_stem": {"model.stem_stride": [2, 2]},  # 0.3's lean stem: stride 2 in time and frequency
+    # 0.3's lean network: stem stride 2 in time and frequency, the onset branch on every slice
+    "lite_0.3": {"model.stem_stride": [2, 2], "model.onset_conditions": None},
     "lite_no_onset": {"model.onset_lags": 0},
     "lite_w16": {"model.width": 16},
     "lite_w48": {"model.width": 48},

@@ -27,14 +27,14 @@ with open(path, "w", newline="") as f:
     w.writeheader(); w.writerows(rows)
 PY
 "$DML" prepare "$OUT/collection/manifest.csv" --out "$OUT/prepared"
-echo "== 3/7 train the default network on a shorter budget (the default is 12 x 250 steps, ~45 min on 2 cores)"
+echo "== 3/7 train the default network on a shorter budget (the default is 12 x 250 steps, ~50 min on 2 cores)"
 "$DML" train "$OUT/prepared" --out "$OUT/run" \
   --set data.eval_triplets_per_condition=100 --set train.warmup_steps=50 \
-  --epochs "${DEMO_EPOCHS:-5}" --steps-per-epoch "${DEMO_STEPS:-100}"
+  --epochs "${DEMO_EPOCHS:-3}" --steps-per-epoch "${DEMO_STEPS:-100}"
 echo "== 4/7 evaluate on the test split, against the MFCC-VQ, MFCC and untrained baselines"
 "$DML" evaluate "$OUT/run" --prepared "$OUT/prepared"
 echo "== 5/7 export: SavedModel + TFLite (float32, fp16, int8) with the mel frontend inside, parity checked"
-"$DML" export "$OUT/run" --out "$OUT/export" --calibration-segments 50 --parity-segments 50
+"$DML" export "$OUT/run" --out "$OUT/export" --calibration-segments 50 --parity-segments 50 --max-triplets 50
 echo "== 6/7 embed the collection with the export"
 "$DML" embed "$OUT/export" "$OUT/prepared/manifest.csv" --out "$OUT/catalogue"
 QUERY=$(awk -F, 'NR==2 {print $2}' "$OUT/prepared/manifest.csv")
