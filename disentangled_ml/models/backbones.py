@@ -33,8 +33,8 @@ grid, 6 pitch bands an octave at the first block); configs saved by 0.3 keep tha
 The paper's stem ran 64 filters of 5x5 over every one of the 128 x 233 time-frequency
 bins and wrote 1.9 M activations a crop before its first pooling, the shape a CPU
 handles worst, and its first block ran at 64 x 117. The same six blocks and channel
-proportions follow. A training step of 32 triplets took 0.7 s against 6.9 s for the
-paper's network on a 2-core CPU (benchmarks/train_step.py, benchmarks/RESULTS.md).
+proportions follow. In `dml train` a step of 32 triplets takes about 1.0 s (0.53 s with 0.3's
+stem) against 6.9 s for the paper's network on a 2-core CPU (benchmarks/RESULTS.md).
 
 Every family can add an **onset branch** (``cfg.model.onset_lags > 0``, on by default in
 ``inception_lite``): :class:`OnsetAutocorrelation`, the autocorrelation of the log-mel's
