@@ -403,8 +403,8 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}.")
         sections = {}
-        legacy = _saved_before(d.get("version"), PITCH_BANDS_SINCE)
-        lean_legacy = _saved_before(d.get("version"), LEAN_DEFAULTS_SINCE)
+        legacy = saved_before(d.get("version"), PITCH_BANDS_SINCE)
+        lean_legacy = saved_before(d.get("version"), LEAN_DEFAULTS_SINCE)
         for name, klass in _SECTIONS.items():
             values = dict(d.get(name, {}))
             if legacy and name == "frontend":
@@ -413,7 +413,7 @@ class Config:
             if lean_legacy:
                 # saved before 0.3: the paper-shaped network, the plateau schedule, audio caches
                 values.update({k: v for k, v in _BEFORE_LEAN.get(name, {}).items() if k not in values})
-            if name == "model" and _saved_before(d.get("version"), TIME_ONLY_STEM_SINCE):
+            if name == "model" and saved_before(d.get("version"), TIME_ONLY_STEM_SINCE):
                 # saved by 0.3: its lean stem strode time and frequency, its onset branch fed every slice
                 if values.get("backbone") == "inception_lite":
                     values.setdefault("stem_stride", (2, 2))
@@ -482,7 +482,9 @@ _BEFORE_LEAN: Dict[str, Dict[str, Any]] = {
 }
 
 
-def _saved_before(version: Any, release: Tuple[int, int]) -> bool:
+def saved_before(version: Any, release: Tuple[int, int]) -> bool:
+    """True when ``version`` (a config's "version" string) is older than ``release`` (major, minor);
+    False for a missing or unparsable version (a config a user wrote takes today's defaults)."""
     if not isinstance(version, str):
         return False
     try:

@@ -64,14 +64,11 @@ def _warn_if_older(path: str) -> None:
     import logging
 
     from disentangled_ml import __version__
+    from disentangled_ml.config import saved_before
 
     with open(path) as f:
         saved = json.load(f).get("version")
-    minor = lambda v: tuple(int(p) for p in str(v).split(".")[:2])  # noqa: E731
-    try:
-        older = saved is not None and minor(saved) < minor(__version__)
-    except ValueError:
-        return
+    older = saved_before(saved, tuple(int(p) for p in __version__.split(".")[:2]))
     if older:
         logging.getLogger(__name__).warning(
             "%s was written by disentangled_ml %s, so this run keeps that version's defaults for what it does not "
