@@ -14,7 +14,7 @@ packages = library + ["disentangled_ml.tuning", "disentangled_ml.export"]
 
 setup(
     name="disentangled_ml",
-    version="0.4.0",
+    version="0.5.0",
     description="Disentangled multidimensional metric learning for music similarity (Lee et al., ICASSP 2020)",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",

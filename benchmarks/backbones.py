@@ -62,7 +62,9 @@ CANDIDATES: Dict[str, Dict[str, Any]] = {
     REFERENCE: {"model.backbone": "inception"},
     "lite": {},
     # 0.3's lean network: stem stride 2 in time and frequency, the onset branch on every slice
-    "lite_0.3": {"model.stem_stride": [2, 2], "model.onset_conditions": None},
+    "lite_0.3": {"model.stem_stride": [2, 2], "model.onset_conditions": None, "model.chroma_templates": 0},
+    # 0.4's: no harmony branch
+    "lite_0.4": {"model.chroma_templates": 0},
     "lite_no_onset": {"model.onset_lags": 0},
     "lite_w16": {"model.width": 16},
     "lite_w48": {"model.width": 48},

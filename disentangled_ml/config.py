@@ -232,17 +232,18 @@ class DataConfig:
 #: it was chosen by measured time to accuracy (benchmarks/RESULTS.md, "Time to accuracy").
 #: ``stem_stride`` is the stem convolution's (time, frequency) stride: since 0.4 the lean stem
 #: strides time only, so the first block still resolves semitones in the pitch bands (24 an
-#: octave, halved once by the stem's pooling); 0.3 strode both axes.
+#: octave, halved once by the stem's pooling); 0.3 strode both axes. ``chroma_templates`` is the
+#: harmony branch (:mod:`disentangled_ml.models.harmony`), on in ``inception_lite`` since 0.5.
 BACKBONE_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "plain": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1)},
-    "resnet": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1)},
-    "se": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1)},
-    "inception": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1)},
-    "inception_lite": {"width": 32, "onset_lags": 96, "stem_stride": (2, 1)},
+    "plain": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1), "chroma_templates": 0},
+    "resnet": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1), "chroma_templates": 0},
+    "se": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1), "chroma_templates": 0},
+    "inception": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1), "chroma_templates": 0},
+    "inception_lite": {"width": 32, "onset_lags": 96, "stem_stride": (2, 1), "chroma_templates": 32},
 }
 #: Family-resolved keys of ``model``: None takes the family's value, and a change of family
 #: resets them unless they are set too (:meth:`Config.replace`).
-FAMILY_KEYS = ("width", "onset_lags", "stem_stride")
+FAMILY_KEYS = ("width", "onset_lags", "stem_stride", "chroma_templates")
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,13 @@ class ModelConfig:
     # autocorrelation nearly identifies a track by its rhythm, and fed to every slice it let
     # the instrument slice memorise training tracks (benchmarks/RESULTS.md).
     onset_conditions: Optional[Tuple[str, ...]] = ("tempo",)
+    # Harmony branch: the pitch bands folded into a 12-class pitch-class profile, matched with
+    # this many learned templates in all 12 transpositions (max over transpositions: a
+    # key-invariant reading of major, minor and seventh harmony). Needs pitch bands. 0 = none.
+    # None: the family's (32 in inception_lite since 0.5).
+    chroma_templates: Optional[int] = None
+    # Conditions whose slices the harmony branch feeds (fixed masks), as onset_conditions.
+    chroma_conditions: Optional[Tuple[str, ...]] = ("mood",)
     mask_mode: str = "fixed"  # "fixed" slices, "learned" (CSN) or "none" (one global space).
     dropout: float = 0.0
     # Batch-norm moving-statistics momentum (Keras' default); lower it for short runs,
@@ -282,18 +290,23 @@ class ModelConfig:
             object.__setattr__(self, "onset_lags", family["onset_lags"])
         if self.stem_stride is None:
             object.__setattr__(self, "stem_stride", family["stem_stride"])
+        if self.chroma_templates is None:
+            object.__setattr__(self, "chroma_templates", family["chroma_templates"])
         _check(isinstance(self.stem_stride, (list, tuple)) and len(self.stem_stride) == 2
                and all(isinstance(v, int) and v >= 1 for v in self.stem_stride), "model.stem_stride",
                self.stem_stride, "two integers >= 1: the stem's (time, frequency) stride")
         object.__setattr__(self, "stem_stride", tuple(self.stem_stride))  # JSON gives a list
-        if self.onset_conditions is not None:
-            _check(isinstance(self.onset_conditions, (list, tuple)) and len(self.onset_conditions) >= 1
-                   and all(isinstance(n, str) for n in self.onset_conditions), "model.onset_conditions",
-                   self.onset_conditions, "a list of condition names, or null for the whole embedding")
-            object.__setattr__(self, "onset_conditions", tuple(self.onset_conditions))
+        for key in ("onset_conditions", "chroma_conditions"):
+            routed = getattr(self, key)
+            if routed is not None:
+                _check(isinstance(routed, (list, tuple)) and len(routed) >= 1 and all(isinstance(n, str) for n in routed),
+                       f"model.{key}", routed, "a list of condition names, or null for the whole embedding")
+                object.__setattr__(self, key, tuple(routed))  # JSON gives a list
         _check(isinstance(self.width, int) and self.width >= 4, "model.width", self.width, "an integer >= 4 filters")
         _check(isinstance(self.onset_lags, int) and self.onset_lags >= 0, "model.onset_lags", self.onset_lags,
                "an integer >= 0 frames (0 = no onset branch)")
+        _check(isinstance(self.chroma_templates, int) and self.chroma_templates >= 0, "model.chroma_templates",
+               self.chroma_templates, "an integer >= 0 templates (0 = no harmony branch)")
         _check(self.mask_mode in ("fixed", "learned", "none"), "model.mask_mode", self.mask_mode,
                "'fixed', 'learned' or 'none'")
         _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "in [0, 1)")
@@ -418,6 +431,9 @@ class Config:
                 if values.get("backbone") == "inception_lite":
                     values.setdefault("stem_stride", (2, 2))
                 values.setdefault("onset_conditions", None)
+            if name == "model" and saved_before(d.get("version"), HARMONY_SINCE):
+                # saved before the harmony branch existed
+                values.setdefault("chroma_templates", 0)
             known = {f.name for f in dataclasses.fields(klass)}
             bad = set(values) - known
             if bad:
@@ -475,6 +491,9 @@ LEAN_DEFAULTS_SINCE = (0, 3)
 #: feeds the tempo slice alone (``model.onset_conditions``); a 0.3 config naming
 #: ``inception_lite`` without those keys meant stride 2 on both axes and the whole embedding.
 TIME_ONLY_STEM_SINCE = (0, 4)
+#: The version whose lean network added the harmony branch (``model.chroma_templates``); an older
+#: config without the key had none.
+HARMONY_SINCE = (0, 5)
 _BEFORE_LEAN: Dict[str, Dict[str, Any]] = {
     "model": {"backbone": "inception", "onset_lags": 0},
     "train": {"lr_schedule": "plateau", "epochs": 100, "steps_per_epoch": 500},

@@ -36,8 +36,8 @@ import tensorflow as tf
 
 from disentangled_ml.config import ConfigError, FrontendConfig
 
-__all__ = ["mel_filterbank", "pitch_filterbank", "Filterbanks", "filterbanks", "filterbank_weight_shapes", "log_mel",
-           "log_mel_librosa", "LogMelSpectrogram", "frontend_kwargs"]
+__all__ = ["mel_filterbank", "pitch_filterbank", "Filterbanks", "filterbanks",
+           "filterbank_weight_shapes", "log_mel", "log_mel_librosa", "LogMelSpectrogram", "frontend_kwargs"]
 
 _LN10 = math.log(10.0)
 

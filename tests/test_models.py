@@ -20,7 +20,8 @@ SMALL = {"frontend.n_mels": 32, "frontend.segment_seconds": 0.75, "model.width":
          "frontend.pitch_bands_per_octave": 6, "frontend.pitch_fmin": 110.0, "frontend.pitch_fmax": 880.0}
 TFLITE_FRIENDLY = {"InputLayer", "Reshape", "Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D",
                    "AveragePooling2D", "GlobalAveragePooling2D", "Dense", "Concatenate", "Add", "Multiply",
-                   "Dropout", "OnsetAutocorrelation", "SliceGate"}
+                   "GlobalAveragePooling1D", "Dropout", "OnsetAutocorrelation", "SliceGate", "PitchClassProfile",
+                   "CircularTemplates"}
 
 
 def small_config(**overrides):

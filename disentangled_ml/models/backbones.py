@@ -41,8 +41,18 @@ Every family can add an **onset branch** (``cfg.model.onset_lags > 0``, on by de
 spectral flux over lags of up to ``onset_lags`` frames -- a tempogram of the crop,
 computed in the graph. Global average pooling keeps *what* happens in a crop but not
 *how often*, so without drums marking the beat the CNN alone had no periodicity to read
-tempo from. Its output goes through a small dense layer and joins the pooled CNN
-features before the projection.
+tempo from. Its output goes through a small dense layer.
+
+Since 0.5 ``inception_lite`` also has a **harmony branch** (``cfg.model.chroma_templates > 0``):
+each frame's pitch bands folded into a 12-class pitch-class profile, matched with learned
+templates in all 12 transpositions (:mod:`disentangled_ml.models.harmony`), averaged over the
+frames. It gives the mood slice a key-invariant reading of major and minor harmony, which
+the CNN alone did not learn under triplet losses.
+
+Each branch feeds only the slices its conditions name (``model.onset_conditions``,
+``model.chroma_conditions``: tempo and mood), through a bias-free projection times a
+constant 0/1 gate (:class:`SliceGate`) added to the main projection; ``null`` joins it to the
+pooled CNN features instead.
 
 Every channel count is a multiple of ``cfg.model.width``, so a small width gives a small,
 fast network for tests.
@@ -57,8 +67,10 @@ import keras
 from keras import layers, ops
 
 from disentangled_ml.config import Config, ConfigError
+from disentangled_ml.models.harmony import CircularTemplates, PitchClassProfile
 
-__all__ = ["BACKBONES", "STEMS", "OnsetAutocorrelation", "SliceGate", "build_backbone", "conv_bn_relu", "onset_gate"]
+__all__ = ["BACKBONES", "STEMS", "OnsetAutocorrelation", "SliceGate", "build_backbone", "conv_bn_relu", "onset_gate",
+           "slice_gate"]
 
 #: Output channels of the six blocks, in multiples of ``cfg.model.width``. Channels
 #: double where the time-frequency resolution halves, as in VGG/ResNet/GoogLeNet.
@@ -239,26 +251,53 @@ class SliceGate(keras.layers.Layer):
         return config
 
 
-def onset_gate(cfg: Config):
-    """The 0/1 vector ``[embedding_dim]`` of the slices the onset branch feeds, or None when it
-    feeds the whole embedding (``model.onset_conditions`` None, or masks that are not fixed slices).
+def slice_gate(cfg: Config, key: str = "onset_conditions"):
+    """The 0/1 vector ``[embedding_dim]`` of the slices a side branch feeds, or None when it feeds
+    the whole embedding (``model.<key>`` None, or masks that are not fixed slices).
+
+    Args:
+        cfg: the configuration.
+        key: ``"onset_conditions"`` (the onset branch) or ``"chroma_conditions"`` (the harmony branch).
 
     Raises:
-        ConfigError: a name in ``model.onset_conditions`` is not a condition.
+        ConfigError: a name in ``model.<key>`` is not a condition.
     """
-    routed = cfg.model.onset_conditions
+    routed = getattr(cfg.model, key)
     if routed is None or cfg.model.mask_mode != "fixed":
         return None
     unknown = [n for n in routed if n not in cfg.conditions.names]
     if unknown:
-        raise ConfigError(f"model.onset_conditions names {unknown}, which are not conditions "
-                          f"({list(cfg.conditions.names)}); list the conditions whose slices the onset branch "
+        raise ConfigError(f"model.{key} names {unknown}, which are not conditions "
+                          f"({list(cfg.conditions.names)}); list the conditions whose slices the branch "
                           "should feed, or null for the whole embedding.")
     gate = [0.0] * cfg.conditions.embedding_dim
     for n in routed:
         start, stop = cfg.conditions.slices[n]
         gate[start:stop] = [1.0] * (stop - start)
     return gate
+
+
+def onset_gate(cfg: Config):
+    """:func:`slice_gate` of the onset branch (``model.onset_conditions``)."""
+    return slice_gate(cfg, "onset_conditions")
+
+
+def _harmony_features(inputs, cfg: Config, name: str = "chroma"):
+    """The harmony branch's features, ``[batch, 2 * width]``: each frame's pitch-class profile,
+    learned templates in every transposition (:mod:`disentangled_ml.models.harmony`), averaged over
+    the frames, then a small dense layer."""
+    if not cfg.frontend.pitch_bands_per_octave:
+        raise ConfigError(f"model.chroma_templates={cfg.model.chroma_templates} reads the pitch bands, and "
+                          "frontend.pitch_bands_per_octave=0 has none: set model.chroma_templates=0 too "
+                          "(no harmony branch), or keep the pitch bands.")
+    try:
+        profile_layer = PitchClassProfile.from_frontend(cfg.frontend, name="pitch_class_profile")
+    except ValueError as e:
+        raise ConfigError(f"model.chroma_templates={cfg.model.chroma_templates}: {e}") from e
+    profile = profile_layer(inputs)
+    matched = CircularTemplates(cfg.model.chroma_templates, name=f"{name}_templates")(profile)  # [B, T, K]
+    matched = layers.GlobalAveragePooling1D(name=f"{name}_pool")(matched)
+    return layers.Dense(2 * cfg.model.width, activation="relu", name=f"{name}_dense")(matched)
 
 
 def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
@@ -307,21 +346,30 @@ def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
     # Every block ends in a ReLU, so the pooled features are already non-negative:
     # the paper's "ReLU" after the blocks is that one, and no second ReLU is added.
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
-    onsets, gate = None, None
+    # Side branches: (layer-name stem, features [batch, 2 * width], gate or None). The names are
+    # those 0.3/0.4 saved ("onsets"), so their checkpoints keep loading.
+    branches = []
     if cfg.model.onset_lags:
         onsets = OnsetAutocorrelation(cfg.frontend.n_mels, cfg.model.onset_lags, name="onset_autocorrelation")(inputs)
         onsets = layers.Dense(2 * width, activation="relu", name="onset_dense")(onsets)
-        gate = onset_gate(cfg)
-        if gate is None:  # the whole embedding (0.3): the onsets join the pooled features
-            x = layers.Concatenate(name="cnn_and_onsets")([x, onsets])
+        branches.append(("onsets", onsets, slice_gate(cfg, "onset_conditions")))
+    if cfg.model.chroma_templates:
+        branches.append(("harmony", _harmony_features(inputs, cfg), slice_gate(cfg, "chroma_conditions")))
+    ungated = [(stem, features) for stem, features, gate in branches if gate is None]
+    if ungated:  # branches on the whole embedding (0.3's onsets): they join the pooled features
+        x = layers.Concatenate(name="cnn_and_" + "_and_".join(stem for stem, _ in ungated))(
+            [x, *(features for _, features in ungated)])
     if cfg.model.dropout > 0:
         x = layers.Dropout(cfg.model.dropout, name="dropout")(x)
     outputs = layers.Dense(cfg.conditions.embedding_dim, name="projection")(x)
-    if gate is not None:
-        # Only the listed slices (tempo by default) read the tempogram. An onset
+    for stem, features, gate in branches:
+        if gate is None:
+            continue
+        # Only the listed slices read a branch (tempo the tempogram, mood the harmony). An onset
         # autocorrelation is close to a fingerprint of a track's tempo and rhythm; fed to
         # every slice, it let the instrument and mood slices tell the training tracks apart
         # by rhythm instead of hearing timbre and harmony (benchmarks/RESULTS.md).
-        routed = layers.Dense(cfg.conditions.embedding_dim, use_bias=False, name="onset_projection")(onsets)
-        outputs = layers.Add(name="projection_and_onsets")([outputs, SliceGate(gate, name="onset_slices")(routed)])
+        prefix = stem.rstrip("s")  # "onset_projection", "onset_slices" as 0.4 saved them
+        routed = layers.Dense(cfg.conditions.embedding_dim, use_bias=False, name=f"{prefix}_projection")(features)
+        outputs = layers.Add(name=f"projection_and_{stem}")([outputs, SliceGate(gate, name=f"{prefix}_slices")(routed)])
     return keras.Model(inputs, outputs, name=name)
