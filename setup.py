@@ -12,6 +12,10 @@ from setuptools import find_packages, setup
 library = find_packages(include=["disentangled_ml", "disentangled_ml.*"])
 packages = library + ["disentangled_ml.tuning", "disentangled_ml.export"]
 
+# where `tensorflow` is the CUDA build and tensorflow-cpu exists (see install_requires)
+LINUX_X86_64 = 'sys_platform == "linux" and platform_machine == "x86_64"'
+ELSEWHERE = 'sys_platform != "linux" or platform_machine != "x86_64"'  # PEP 508 markers have no `not`
+
 setup(
     name="disentangled_ml",
     version="0.5.0",
@@ -22,7 +26,14 @@ setup(
     packages=packages,
     package_dir={"disentangled_ml.tuning": "tuning", "disentangled_ml.export": "export"},
     install_requires=[
-        "tensorflow==2.16.2",  # last TF whose ABI tensorflow-io 0.37.1's native kernels load against
+        # 2.16.2: the last TF whose ABI tensorflow-io 0.37.1's native kernels load against.
+        # On Linux x86-64 the `tensorflow` wheel is the CUDA build, which on a machine without a GPU
+        # prints "Unable to register cuDNN/cuFFT/cuBLAS factory" E lines at every import (whatever
+        # TF_CPP_MIN_LOG_LEVEL says); its CPU build, tensorflow-cpu, prints none. GPU machines add the
+        # `gpu` extra below. tensorflow-cpu 2.16.2 has no wheel for Linux aarch64 nor macOS arm64, and
+        # `tensorflow` is a CPU build everywhere but on Linux x86-64, so the other platforms keep it.
+        f"tensorflow-cpu==2.16.2; {LINUX_X86_64}",
+        f"tensorflow==2.16.2; {ELSEWHERE}",
         "tensorflow-io==0.37.1",  # native FLAC/Vorbis/MP3 decoders and resampling in tf.data
         "keras==3.15.1",  # checked with TF 2.16.2: model.export + TFLite conversion from SavedModel
         "numpy>=1.26,<2",  # TF 2.16 and tensorflow-io are built against numpy 1.x
@@ -40,6 +51,12 @@ setup(
         "matplotlib>=3.7",
         "scikit-learn>=1.3",  # k-means codebook of the MFCC-VQ baseline, nearest neighbours
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "test": ["pytest>=7"],
+        # `pip install -e ".[gpu]"` (Linux x86-64): the CUDA build and its NVIDIA libraries. It installs
+        # next to tensorflow-cpu (same version, same `tensorflow` package) and after it, so its files are
+        # the ones in place; `dml info` prints which build loads (tensorflow_build).
+        "gpu": [f"tensorflow[and-cuda]==2.16.2; {LINUX_X86_64}"],
+    },
     entry_points={"console_scripts": ["dml=disentangled_ml.cli:main"]},
 )

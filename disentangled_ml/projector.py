@@ -5,6 +5,13 @@ projector cannot read and only knows ``Embedding`` layers (keras#20210), so the
 files are written here directly: a TF checkpoint holding only the embedding
 variables, a metadata TSV, and ``projector_config.pbtxt`` through
 ``tensorboard.plugins.projector``.
+
+TensorBoard's projector plugin looks for ``projector_config.pbtxt`` only in its runs
+(and in the ``--logdir`` itself), and a run is a folder holding an event file. So the
+projector folder also gets an event file with no summaries in it: without one,
+``tensorboard --logdir RUN_DIR/tensorboard`` lists only ``train`` and ``validation``
+and the projector finds no checkpoint (checked with tensorboard 2.16.2, with and
+without ``--load_fast``; ``tests/test_projector_tensorboard.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,16 @@ from tensorboard.plugins import projector
 
 METADATA = "metadata.tsv"
 CHECKPOINT = "embeddings.ckpt"
+EVENTS_PREFIX = "events.out.tfevents"
+
+
+def _mark_as_run(log_dir: str) -> None:
+    """Make ``log_dir`` a TensorBoard run: an event file (only its file-version record) unless one is there."""
+    if any(name.startswith(EVENTS_PREFIX) for name in tf.io.gfile.listdir(log_dir)):
+        return
+    writer = tf.summary.create_file_writer(log_dir)
+    writer.flush()
+    writer.close()
 
 
 def _tsv_cell(value: object) -> str:
@@ -28,8 +45,11 @@ def write_projector(log_dir: str, embeddings: np.ndarray, slices: Mapping[str, S
                     metadata: Sequence[Mapping[str, object]]) -> Dict[str, str]:
     """Write one projector tensor for the whole embedding and one per condition slice.
 
+    ``log_dir`` becomes a TensorBoard run of its own (see the module's docstring), so
+    ``tensorboard --logdir`` of it or of any folder above it shows the projector.
+
     Args:
-        log_dir: a TensorBoard log directory (``tensorboard --logdir`` of it or a parent).
+        log_dir: the projector's folder, e.g. ``RUN_DIR/tensorboard/projector``.
         embeddings: float32 [N, D].
         slices: {condition: (start, stop)} embedding dimensions.
         metadata: N dicts (e.g. track_id, genre, mood, instrument, tempo); the keys of
@@ -61,4 +81,5 @@ def write_projector(log_dir: str, embeddings: np.ndarray, slices: Mapping[str, S
         emb.metadata_path = METADATA
         keys[name] = emb.tensor_name
     projector.visualize_embeddings(log_dir, config)
+    _mark_as_run(log_dir)
     return keys

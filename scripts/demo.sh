@@ -42,6 +42,7 @@ echo "== 7/7 nearest tracks to $QUERY, by mood and by instrument"
 "$DML" similar "$OUT/catalogue" "$QUERY" --condition mood --k 5
 "$DML" similar "$OUT/catalogue" "$QUERY" --condition instrument --k 5
 echo
-echo "Done. TensorBoard (scalars and the embedding projector): $BIN/tensorboard --logdir $OUT/run/tensorboard"
+echo "Done. TensorBoard: $BIN/tensorboard --logdir $OUT/run/tensorboard"
+echo "  (scalars: runs train and validation; the embedding projector: PROJECTOR tab, run projector)"
 echo "Plots: $OUT/run/training_curves.png $OUT/run/eval_test/accuracy.png $OUT/run/eval_test/disentanglement.png $OUT/run/eval_test/class_pairs.png"
 echo "Export: $OUT/export (config.json, saved_model/, model*.tflite, parity.json)"

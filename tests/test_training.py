@@ -47,6 +47,8 @@ def test_train_writes_run_and_projector(prepared, tmp_path):
     tb = os.path.join(run, "tensorboard")
     assert any(f.startswith("events") for f in os.listdir(os.path.join(tb, "validation")))
     proj = os.path.join(tb, "projector")
+    # an event file makes it a run of `tensorboard --logdir RUN/tensorboard` (tests/test_projector_tensorboard.py)
+    assert any(f.startswith("events") for f in os.listdir(proj))
     pbtxt = open(os.path.join(proj, "projector_config.pbtxt")).read()
     for name in ("whole",) + tuple(cfg.conditions.names):
         assert f'tensor_name: "{name}/.ATTRIBUTES/VARIABLE_VALUE"' in pbtxt, name

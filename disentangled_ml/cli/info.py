@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import platform
+import sys
 
 HELP = "print versions, devices and which native components load"
 
@@ -19,6 +20,31 @@ def _version(module: str) -> str:
     try:
         return getattr(importlib.import_module(module), "__version__", "installed")
     except Exception as e:  # report, never fail: this command is for diagnosing broken installs
+        return f"NOT AVAILABLE ({type(e).__name__}: {e})"
+
+
+def _tensorflow_build() -> str:
+    """Which TensorFlow build loads: the CPU one (tensorflow-cpu, the default install) or CUDA (the `gpu` extra)."""
+    try:
+        import tensorflow as tf
+
+        build = tf.sysconfig.get_build_info()
+        if build.get("is_cuda_build"):
+            return f"cuda (CUDA {build.get('cuda_version', '?')}, cuDNN {build.get('cudnn_version', '?')})"
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:  # both wheels installed (Linux x86-64: `tensorflow` is the CUDA build there)
+            gpu_dist = version("tensorflow") if version("tensorflow-cpu") else None
+        except PackageNotFoundError:
+            gpu_dist = None
+        if gpu_dist:
+            # both wheels installed, tensorflow-cpu's files written last (e.g. a venv that had `tensorflow` first)
+            return (f"cpu, although tensorflow {gpu_dist} (CUDA) is installed: tensorflow-cpu's files were written "
+                    f"over it; `pip install --force-reinstall --no-deps tensorflow=={gpu_dist}` restores it")
+        if sys.platform == "linux" and platform.machine() == "x86_64":
+            return "cpu (no CUDA kernels; `pip install -e \".[gpu]\"` adds them)"
+        return "cpu"
+    except Exception as e:
         return f"NOT AVAILABLE ({type(e).__name__}: {e})"
 
 
@@ -71,6 +97,7 @@ def collect() -> dict:
         info["devices"] = [f"{d.device_type}:{d.name}" for d in tf.config.list_physical_devices()]
     except Exception as e:
         info["devices"] = f"NOT AVAILABLE ({e})"
+    info["tensorflow_build"] = _tensorflow_build()
     # set by `dml` on x86-64 unless the environment already had it (disentangled_ml.tf_environment)
     info["tensorflow_onednn"] = os.environ.get(
         "TF_ENABLE_ONEDNN_OPTS", "unset (TensorFlow's default: on only with AVX512_VNNI/BF16, AVX_VNNI or AMX)")
