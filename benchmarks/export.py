@@ -22,6 +22,12 @@ Without ``--run`` the script builds an untrained model of the default ``Config()
 audio: size and latency do not depend on the weights (the JSON says so). With
 ``--run RUN_DIR`` it exports that trained run instead.
 
+The export's own wall time is reported too: ``export_seconds`` around ``export_run``, and
+``export_timing``, the figures the export writes into its ``parity.json`` (``timing``: the
+total and each stage, SavedModel, each conversion, calibration audio, parity, triplet
+audio and scoring; with test triplets, the scoring time of each variant and how many
+distinct crops it embedded).
+
 Writes ``benchmarks/results/export.json`` and prints a table. These machines are
 shared; ratios between variants are the point, absolute figures move.
 
@@ -135,7 +141,7 @@ def untrained_int8(cfg, work: str, warmup: int = 3, repeats: int = 30, parity_se
 
     Size and latency do not depend on the weights, so this prices a config before training it.
     Returns ``{"int8_bytes", "int8_mb", "latency_ms_median", "latency_ms_p90", "latency_ms_min",
-    "export_seconds"}``.
+    "export_seconds", "export_timing"}`` (``export_timing``: :func:`export_timing`).
     """
     from disentangled_ml.export import export_run
     from disentangled_ml.export.tflite import VARIANT_BY_NAME
@@ -143,12 +149,40 @@ def untrained_int8(cfg, work: str, warmup: int = 3, repeats: int = 30, parity_se
     run = untrained_run(work, cfg)
     out = os.path.join(work, "export")
     t0 = time.perf_counter()
-    export_run(run, out, int8_full=False, calibration_segments=1, parity_segments=parity_segments)
+    result = export_run(run, out, int8_full=False, calibration_segments=1, parity_segments=parity_segments)
     seconds = time.perf_counter() - t0
     path = os.path.join(out, VARIANT_BY_NAME["int8"].filename)
     size = os.path.getsize(path)
     return {"int8_bytes": size, "int8_mb": size / 1e6, "export_seconds": seconds,
+            "export_timing": export_timing(result["parity"]),
             **tflite_latency(path, cfg.frontend.segment_samples, warmup, repeats)}
+
+
+def export_timing(parity: dict) -> dict:
+    """The export's wall time from its ``parity.json`` dict: ``total_s`` and ``stages_s`` (its
+    ``timing``), plus ``triplet_scoring_s`` (seconds per variant) and ``triplet_crops`` (crops in
+    the triplets, distinct crops embedded) when test triplets were scored."""
+    timing = {k: v for k, v in (parity.get("timing") or {}).items() if k != "note"}
+    scoring = parity.get("triplet_accuracy") or {}
+    if "seconds" in scoring:
+        timing["triplet_scoring_s"] = scoring["seconds"]
+        timing["triplet_crops"] = scoring.get("crops")
+    return timing
+
+
+def format_export_timing(timing: dict, export_seconds: float) -> str:
+    """One or two lines: the export's wall time and its slowest stages first."""
+    stages = sorted((timing.get("stages_s") or {}).items(), key=lambda kv: -kv[1])
+    text = f"export: {export_seconds:.1f} s"
+    if "total_s" in timing:
+        text += f" ({timing['total_s']:.1f} s to parity.json)"
+    if stages:
+        text += ": " + ", ".join(f"{k} {v:.1f}" for k, v in stages)
+    if timing.get("triplet_scoring_s"):
+        crops = timing.get("triplet_crops") or {}
+        text += (f"\ntriplet scoring, {crops.get('distinct', '?')} distinct of {crops.get('in_triplets', '?')} crops: "
+                 + ", ".join(f"{k} {v:.1f} s" for k, v in timing["triplet_scoring_s"].items()))
+    return text
 
 
 def config_frontend(run: str):
@@ -231,6 +265,7 @@ def main(argv=None) -> int:
                   "segment_seconds": config["segment_seconds"], "mask_mode": config["mask_mode"]},
         "threads": 1, "batch": 1, "warmup": args.warmup, "repeats": args.repeats,
         "export_seconds": export_seconds,
+        "export_timing": export_timing(parity),
         "calibration": (config.get("int8_full") or {}).get("calibration"),
         "parity_segments": parity["segments"],
         "results": rows,
@@ -251,6 +286,7 @@ def main(argv=None) -> int:
         cos = f"{r['min_cosine']:.4f}" if "min_cosine" in r else "-"
         print(f"{r['variant']:<12}{r['file']:<32}{r['size_bytes'] / 1e6:>9.2f}{r['latency_ms_median']:>11.1f}"
               f"{r['latency_ms_p90']:>9.1f}{r['speedup_vs_keras']:>9.2f}x{diff:>11}{cos:>9}")
+    print(format_export_timing(out["export_timing"], export_seconds))
     print(f"written to {args.out}")
     return 0
 

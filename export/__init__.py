@@ -11,7 +11,7 @@ contract 2)::
       model_fp16.tflite        float16 weights
       model_int8.tflite        dynamic-range int8
       model_int8_full.tflite   full integer (frontend and output head float), unless disabled
-      parity.json              every variant against the Keras model
+      parity.json              every variant against the Keras model, and the export's wall time per stage
       README.md                what the files are and how to call them
 
 Submodules: :mod:`.savedmodel` (loading a run, the SavedModel), :mod:`.tflite`
@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
@@ -123,7 +124,8 @@ def _readme(config: Mapping[str, Any]) -> str:
         if name.endswith(".tflite"):
             lines.append(f"- `{name}`: {f['quantization']} ({f['size_bytes']} bytes).")
     lines += [
-        "- `parity.json`: every variant against the Keras model (max |diff|, min cosine, triplet accuracy).",
+        "- `parity.json`: every variant against the Keras model (max |diff|, min cosine, triplet accuracy), "
+        "and the export's wall time per stage (`timing`).",
         "",
         "TFLite: use the signature runner, which maps the names above to tensors "
         "(`Interpreter(model_path).get_signature_runner()(audio=x)`); runs with `ai-edge-litert` alone.",
@@ -173,6 +175,14 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
 
     if calibration_segments < 1 or parity_segments < 1:
         raise ExportError("calibration and parity segment counts must be >= 1.")
+    started = time.perf_counter()
+    stages: Dict[str, float] = {}  # wall-clock seconds of each stage, for parity.json's "timing"
+
+    def timed(stage: str, since: float) -> float:
+        now = time.perf_counter()
+        stages[stage] = round(stages.get(stage, 0.0) + now - since, 3)
+        return now
+
     run = sm.load_run(source)
     cfg, fe = run.config, run.config.frontend
     if os.path.isdir(out_dir) and os.listdir(out_dir):
@@ -181,9 +191,11 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
         shutil.rmtree(out_dir)
     os.makedirs(out_dir, exist_ok=True)
 
+    t0 = timed("load_run", started)
     log.info("writing the SavedModel")
     saved_model_dir = os.path.join(out_dir, "saved_model")
     signatures = sm.write_saved_model(run, saved_model_dir)
+    t0 = timed("saved_model", t0)
     heads = sm.condition_heads(cfg, run.masks)
     output_names = [sm.EMBEDDING_OUTPUT] + list(heads)
 
@@ -223,6 +235,7 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
         kwargs: Dict[str, Any] = {}
         if v.name == "int8_full":
             calib, calib_info = segments_of("train", calibration_segments, seed)
+            t0 = timed("calibration_audio", t0)
 
             def representative(calib=calib):
                 for row in calib:
@@ -265,6 +278,7 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
                 "float_nodes": len(result["float_nodes"]),
                 "degenerate_nodes_kept_float": result["extra_float_nodes"]}
             files[v.filename]["calibration"] = calib_info
+        t0 = timed(f"convert_{v.name}", t0)
 
     frozen = tflite_source != saved_model_dir
     shutil.rmtree(os.path.join(out_dir, ".frozen_saved_model"), ignore_errors=True)
@@ -307,6 +321,7 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
         emb = tfl.TFLiteEmbedder(os.path.join(out_dir, v.filename), batch_size=batch_size, outputs="all")
         report["variants"][v.name] = {"file": v.filename, **par.compare(ref, emb.run(segs))}
         tfl_embedders[v.name] = tfl.TFLiteEmbedder(os.path.join(out_dir, v.filename), batch_size=batch_size)
+    t0 = timed("parity", t0)
 
     triplet_path = os.path.join(run.run_dir or "", "test_triplets.csv")
     if tracks is not None and os.path.isfile(triplet_path):
@@ -325,14 +340,19 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
         audio = load_split_audio(tracks, triplets, cfg)
         embedders = {"keras": keras_embed,
                      "saved_model": lambda x: saved_model_all(x)[sm.EMBEDDING_OUTPUT], **tfl_embedders}
+        t0 = timed("triplet_audio", t0)
         acc = par.triplet_accuracies(triplets, audio, cfg, run.masks, embedders, batch_size)
         report["triplet_accuracy"] = {"source": os.path.abspath(triplet_path), **acc}
+        t0 = timed("triplet_accuracy", t0)
     else:
         report["triplet_accuracy"] = {"skipped": "no test triplets with audio (needs RUN_DIR/test_triplets.csv "
                                                  "and the prepared collection)"}
     failures = par.check_parity(report)
     report["passed"] = not failures
     report["failures"] = failures
+    report["timing"] = {"total_s": round(time.perf_counter() - started, 3), "stages_s": stages,
+                        "note": "wall-clock seconds of this export up to writing parity.json; "
+                                "triplet_accuracy.seconds splits the triplet scoring by variant"}
     with open(os.path.join(out_dir, "parity.json"), "w") as f:
         json.dump(report, f, indent=2, default=float)
         f.write("\n")

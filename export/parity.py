@@ -18,6 +18,7 @@ otherwise. The quantised variants are reported, not enforced.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -155,6 +156,10 @@ def triplet_accuracies(triplets: Sequence[Mapping[str, Any]], audio: Mapping[str
                        batch_size: int = 64) -> Dict[str, Any]:
     """Triplet accuracy per condition (in its sub-space) for several embedders on the same crops.
 
+    Each distinct crop (same track, same start) is embedded once per embedder, however
+    many triplets use it, and every triplet is scored from those embeddings: the same
+    figures as embedding each triplet's three crops, for fewer forward passes.
+
     Args:
         triplets: rows of ``RUN_DIR/test_triplets.csv``
             (:func:`disentangled_ml.data.eval_triplets.read_eval_triplets`).
@@ -162,28 +167,35 @@ def triplet_accuracies(triplets: Sequence[Mapping[str, Any]], audio: Mapping[str
         config: the run's config.
         masks: the condition mask matrix ``[C + 1, D]``.
         embedders: ``{variant: f(waveforms [b, samples]) -> embeddings [b, D]}``.
-        batch_size: triplets per batch.
+        batch_size: crops per batch.
 
     Returns:
-        ``{"n_triplets": {condition: n}, "accuracy": {variant: {condition: float}}}``.
+        ``{"n_triplets": {condition: n}, "crops": {"in_triplets": 3 x triplets, "distinct": n},
+        "seconds": {variant: embedding wall time}, "accuracy": {variant: {condition: float}}}``.
     """
-    from disentangled_ml.data.eval_triplets import iter_waveform_crops
+    from disentangled_ml.data.eval_triplets import ROLES, distinct_segments, iter_segment_crops
     from disentangled_ml.evaluation.metrics import triplet_accuracy
 
     views = condition_views(config, masks)
-    embs: Dict[str, Dict[str, List[np.ndarray]]] = {v: {r: [] for r in ("anchor", "positive", "negative")}
-                                                    for v in embedders}
-    conds: List[np.ndarray] = []
-    for batch in iter_waveform_crops(triplets, audio, config, batch_size):
-        conds.append(batch["condition"])
+    segments, index = distinct_segments(triplets)
+    parts: Dict[str, List[np.ndarray]] = {v: [] for v in embedders}
+    seconds = {v: 0.0 for v in embedders}
+    for crops in iter_segment_crops(segments, audio, config, batch_size):
         for v, f in embedders.items():
-            for role in ("anchor", "positive", "negative"):
-                embs[v][role].append(np.asarray(f(batch[role]), np.float32))
-    condition = np.concatenate(conds) if conds else np.zeros(0, str)
+            started = time.perf_counter()
+            parts[v].append(np.asarray(f(crops), np.float32))
+            seconds[v] += time.perf_counter() - started
+    condition = np.array([str(t["condition"]) for t in triplets])
     names = [c for c in list(config.conditions.names) + [TRACK_CONDITION] if c in set(condition)]
-    result: Dict[str, Any] = {"n_triplets": {c: int((condition == c).sum()) for c in names}, "accuracy": {}}
+    result: Dict[str, Any] = {"n_triplets": {c: int((condition == c).sum()) for c in names},
+                              "crops": {"in_triplets": len(ROLES) * len(triplets), "distinct": len(segments)},
+                              "seconds": {v: round(t, 3) for v, t in seconds.items()}, "accuracy": {}}
     for v in embedders:
-        a, p, n = (np.concatenate(embs[v][r]) for r in ("anchor", "positive", "negative"))
+        if not parts[v]:
+            result["accuracy"][v] = {}
+            continue
+        emb = np.concatenate(parts[v])
+        a, p, n = (emb[index[r]] for r in ROLES)
         result["accuracy"][v] = {c: triplet_accuracy(a[condition == c], p[condition == c], n[condition == c],
                                                      dims=views[c]) for c in names}
     return result

@@ -38,6 +38,34 @@ def test_bad_inputs_name_the_file(tmp_path):
     assert np.isfinite(load_audio(good, 8000)).all()
 
 
+def test_failures_say_what_is_wrong_and_keep_the_decoder_text(tmp_path):
+    import soundfile
+
+    y = (0.5 * np.sin(2 * np.pi * 440 * np.arange(16000) / 8000)).astype(np.float32)
+    soundfile.write(str(tmp_path / "tone.flac"), y, 8000, subtype="PCM_16")
+    misnamed = tmp_path / "tone.wav"
+    misnamed.write_bytes((tmp_path / "tone.flac").read_bytes())
+    with pytest.raises(AudioDecodeError, match=r"tone.wav: a FLAC file named \.wav: rename it to \.flac") as e:
+        load_audio(str(misnamed), 8000)
+    assert e.value.detail == "libsndfile reads it as FLAC PCM_16"
+    soundfile.write(str(tmp_path / "long.wav"), y, 8000, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes((tmp_path / "long.wav").read_bytes()[:44 + 16000])  # half of the 32,000 bytes of samples
+    with pytest.raises(AudioDecodeError, match=r"cut.wav: truncated WAV \(stops at byte 16,044 of the 32,044 its "
+                                               r"header announces: 1.00 s of 2.00 s\): re-encode or re-download"):
+        load_audio(str(cut), 8000)
+    page = tmp_path / "song.mp3"
+    page.write_text("<!DOCTYPE html>\n<html><body>403 Forbidden</body></html>\n")
+    with pytest.raises(AudioDecodeError, match=r"song.mp3: not an audio file \(an HTML page") as e:
+        probe_audio(str(page))
+    assert e.value.detail  # the decoder's words
+    noise = tmp_path / "noise.ogg"
+    noise.write_bytes(bytes(range(7, 255)) * 4)
+    with pytest.raises(AudioDecodeError, match=r"noise.ogg: not an Ogg file, nor any audio format the decoders "
+                                               r"know \(it starts with bytes 07 08 09 0a 0b 0c 0d 0e\)"):
+        probe_audio(str(noise))
+
+
 @pytest.mark.parametrize("ext,subtype,code", [
     ("wav", "PCM_16", "wav:int16"), ("wav", "PCM_24", "wav:int32"), ("wav", "FLOAT", "wav:float32"),
     ("flac", "PCM_16", "flac:int16"), ("flac", "PCM_24", "flac:int32"), ("wav", "PCM_U8", "wav:uint8"),

@@ -18,3 +18,20 @@ def test_frontend_latency_rows_compare_trimmed_and_full_filterbanks(tmp_path):
     # same bands from fewer weights: the trimmed matrices drop only all-zero rows
     assert rows[0]["max_abs_diff_vs_full"] < 1e-4
     assert rows[0]["size_bytes"] < rows[1]["size_bytes"]
+
+
+def test_export_timing_reads_the_figures_the_export_writes():
+    parity = {"timing": {"total_s": 12.5, "stages_s": {"saved_model": 2.0, "convert_float32": 4.5, "parity": 1.0,
+                                                       "triplet_accuracy": 5.0}, "note": "..."},
+              "triplet_accuracy": {"crops": {"in_triplets": 30, "distinct": 21},
+                                   "seconds": {"keras": 1.5, "float32": 1.0}, "accuracy": {}}}
+    timing = export_bench.export_timing(parity)
+    assert timing == {"total_s": 12.5, "stages_s": parity["timing"]["stages_s"],
+                      "triplet_scoring_s": {"keras": 1.5, "float32": 1.0},
+                      "triplet_crops": {"in_triplets": 30, "distinct": 21}}
+    text = export_bench.format_export_timing(timing, 13.0)
+    assert text.startswith("export: 13.0 s (12.5 s to parity.json): triplet_accuracy 5.0, convert_float32 4.5,")
+    assert "21 distinct of 30 crops: keras 1.5 s, float32 1.0 s" in text
+    # An export without test triplets (synthetic audio) has no scoring line.
+    bare = export_bench.export_timing({"timing": parity["timing"], "triplet_accuracy": {"skipped": "..."}})
+    assert "triplet_scoring_s" not in bare and "\n" not in export_bench.format_export_timing(bare, 13.0)

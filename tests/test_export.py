@@ -145,6 +145,69 @@ def test_parity_json(exported):
     assert acc["n_triplets"] == {"genre": 2, "mood": 1, "instrument": 1, "track": 2}
     assert set(acc["accuracy"]) == {"keras", "saved_model", "float32", "float16", "int8", "int8_full"}
     assert acc["accuracy"]["float32"] == acc["accuracy"]["keras"] == acc["accuracy"]["saved_model"]
+    assert acc["crops"] == {"in_triplets": 18, "distinct": 13}  # test[0] at 0 is the anchor of 2 triplets, ...
+    assert set(acc["seconds"]) == set(acc["accuracy"]) and all(s >= 0 for s in acc["seconds"].values())
+    timing = p["timing"]  # the export's wall time, stage by stage
+    stages = timing["stages_s"]
+    for stage in ("load_run", "saved_model", "convert_float32", "convert_float16", "convert_int8",
+                  "calibration_audio", "convert_int8_full", "parity", "triplet_audio", "triplet_accuracy"):
+        assert stages[stage] >= 0, stage
+    assert sum(stages.values()) <= timing["total_s"] + 0.01
+
+
+def test_each_distinct_crop_is_embedded_once_and_scores_as_before(tmp_path):
+    """De-duplicated triplet scoring (one forward pass per distinct track and start) gives the figures of
+    embedding every triplet's anchor, positive and negative directly."""
+    from disentangled_ml.data.eval_triplets import ROLES, iter_waveform_crops, load_split_audio
+    from disentangled_ml.data.manifest import read_manifest
+    from disentangled_ml.evaluation.metrics import triplet_accuracy
+    from disentangled_ml.export import parity
+    from disentangled_ml.export.savedmodel import load_run
+
+    run, cfg = make_run(str(tmp_path))
+    loaded = load_run(run)
+    tracks = read_manifest(str(tmp_path / "prepared" / "manifest.csv"))
+    with open(os.path.join(run, "splits.csv"), newline="") as f:
+        test = [r["track_id"] for r in csv.DictReader(f) if r["split"] == "test"]
+    # 4 tracks x 4 starts; 12000 runs past the 2 s tracks' end (zero-padded). 45 triplets over 16 crops,
+    # three different crops each, so most crops serve several triplets and several roles.
+    crops = [(t, s) for t in test for s in (0, 2000, 4000, 12000)]
+    rng = np.random.default_rng(0)
+    names = ["genre", "mood", "instrument", "tempo", "track"]
+    triplets = []
+    for i in range(45):
+        picked = [crops[j] for j in rng.choice(len(crops), 3, replace=False)]
+        triplets.append({"condition": names[i % 5], **{k: v for r, (t, s) in zip(ROLES, picked)
+                                                        for k, v in ((r, t), (f"{r}_start", int(s)))}})
+    audio = load_split_audio(tracks, triplets, cfg)
+    calls = []
+
+    def keras_embed(x):
+        calls.append(len(x))
+        return np.asarray(loaded.waveform_model.predict_on_batch(x)["embedding"])
+
+    def waveform_embed(x):  # exact and batch-independent: every 31st sample
+        return x[:, ::31]
+
+    embedders = {"keras": keras_embed, "waveform": waveform_embed}
+    got = parity.triplet_accuracies(triplets, audio, cfg, loaded.masks, embedders, batch_size=8)
+    assert sum(calls) == got["crops"]["distinct"] == len({(t[r], t[f"{r}_start"]) for t in triplets for r in ROLES})
+    assert got["crops"]["in_triplets"] == 135 and got["crops"]["distinct"] <= 16
+
+    # The reference: each triplet's three crops embedded as they come (what export did before).
+    views = parity.condition_views(cfg, loaded.masks)
+    for name, f in embedders.items():
+        parts, conds = {r: [] for r in ROLES}, []
+        for batch in iter_waveform_crops(triplets, audio, cfg, batch_size=8):
+            conds.append(batch["condition"])
+            for r in ROLES:
+                parts[r].append(np.asarray(f(batch[r]), np.float32))
+        cond = np.concatenate(conds)
+        a, p, n = (np.concatenate(parts[r]) for r in ROLES)
+        expected = {c: triplet_accuracy(a[cond == c], p[cond == c], n[cond == c], dims=views[c]) for c in names}
+        assert got["accuracy"][name] == expected, name
+    assert got["n_triplets"] == {c: 9 for c in names}
+    assert len(set(got["accuracy"]["keras"].values()) | set(got["accuracy"]["waveform"].values())) > 1
 
 
 def test_int8_full_keeps_the_frontend_float(exported):

@@ -142,6 +142,62 @@ def test_every_rejection_reason_and_accepted_info(tmp_path, monkeypatch):
     assert (out / "manifest.csv").read_text() == first
 
 
+def test_undecodable_files_are_rejected_in_words_with_the_decoder_text_as_detail(tmp_path):
+    # Issue 16: a user got TensorFlow's "{{function_node __inference_<lambda>_247}} unable to read at:
+    # 69632" for a truncated FLAC; the message now says what is wrong and what to do, and the raw text
+    # stays in the detail column for bug reports.
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "full.flac", click_track(120, 6), SR, subtype="PCM_16")
+    data = (audio / "full.flac").read_bytes()
+    (audio / "cut.flac").write_bytes(data[:len(data) // 3])
+    (audio / "notes.ogg").write_text("track list\nside A: ...\n")
+    (audio / "empty.wav").write_bytes(b"")
+    y = click_track(120, 4)
+    y[1000:1003] = [np.nan, np.inf, -np.inf]
+    sf.write(audio / "nan.wav", y, SR, subtype="FLOAT")
+    rows = [{"path": f"audio/{n}", "track_id": n.split(".")[0], "tempo": "120"}
+            for n in ("full.flac", "cut.flac", "notes.ogg", "empty.wav", "nan.wav")]
+    write_csv(tmp_path / "m.csv", rows)
+    out = tmp_path / "prepared"
+    s = prepare_collection(str(tmp_path / "m.csv"), str(out), jobs=0, estimate_tempo=False, progress=False)
+
+    assert s.accepted == 1 and s.rejected == {"undecodable": 4}
+    with open(out / "rejected.csv", newline="") as f:
+        assert next(csv.reader(f)) == ["path", "track_id", "reason", "message", "detail"]
+    rejected = {r["track_id"]: r for r in read_csv(out / "rejected.csv")}
+    message = {k: r["message"].split(": ", 1)[1] for k, r in rejected.items()}  # after "PATH: "
+    for k, r in rejected.items():
+        assert r["message"].startswith(r["path"] + ": ") and r["reason"] == "undecodable"
+        assert "function_node" not in r["message"] and "Error" not in r["message"], r["message"]
+    size = len(data) // 3
+    assert message["cut"].startswith("truncated or corrupt FLAC (decoding stops at byte ")
+    assert f" of {size:,}, after " in message["cut"] and "of the 6.00 s its header announces" in message["cut"]
+    assert message["cut"].endswith("): re-encode or re-download it.")
+    assert message["notes"] == ("not an audio file (starts with text: 'track list'); check the manifest's path, "
+                                "or re-download it.")
+    assert message["empty"] == "empty file (0 bytes): re-download or re-export it, or leave it out of the manifest."
+    assert message["nan"].startswith("the WAV holds NaN or infinite samples (3 of 88,200): ")
+    # The decoders' own words, kept for bug reports.
+    assert rejected["cut"]["detail"].startswith("InvalidArgumentError: ") and "unable to read at" in \
+        rejected["cut"]["detail"]
+    assert "unknown file type" in rejected["notes"]["detail"]
+    assert rejected["empty"]["detail"].startswith("LibsndfileError: ")
+    assert rejected["nan"]["detail"] == "3 of 88200 decoded samples are NaN or inf (decoder wav:float32)"
+
+    # From the cache, the same words.
+    s2 = prepare_collection(str(tmp_path / "m.csv"), str(out), jobs=0, estimate_tempo=False, progress=False)
+    assert s2.from_cache == 5 and read_csv(out / "rejected.csv") == list(rejected.values())
+    # A cache written before the detail column: its undecodable entries are analysed again.
+    for entry in glob.glob(str(out / "cache" / "*" / "*.json")):
+        e = json.load(open(entry))
+        e.pop("detail", None)
+        e["message"] = "old words" if e["status"] == "rejected" else e["message"]
+        json.dump(e, open(entry, "w"))
+    s3 = prepare_collection(str(tmp_path / "m.csv"), str(out), jobs=0, estimate_tempo=False, progress=False)
+    assert (s3.from_cache, s3.processed) == (1, 4) and read_csv(out / "rejected.csv") == list(rejected.values())
+
+
 def test_resume_on_grown_collection_and_cache_key(tmp_path):
     for i in range(6):
         sf.write(tmp_path / f"t{i}.wav", click_track(80 + 10 * i, 3.5, seed=i), SR)

@@ -7,7 +7,7 @@ model_int8_full.tflite (full integer, calibrated on training-split segments; the
 STFT/mel/log frontend stays float), config.json (sample rate, segment length,
 slices, mask mode, the whole frontend, versions, the training config) and
 parity.json (every variant against the Keras model, plus triplet accuracy per
-condition on the run's test triplets).
+condition on the run's test triplets, and the export's wall time per stage).
 
 Fails (exit status 1) when a float32 variant differs from the Keras model by
 more than 1e-4; the export is then marked invalid in its config.json.
@@ -64,6 +64,11 @@ def _print_summary(result) -> None:
             print(f"{name:<14}" + "".join(f"{row[c]:>12.3f}" for c in conds))
     else:
         print(f"triplet accuracy: {acc.get('skipped')}")
+    timing = parity.get("timing")
+    if timing:
+        slowest = sorted(timing["stages_s"].items(), key=lambda kv: -kv[1])[:3]
+        print(f"took {timing['total_s']:.1f} s; slowest stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in slowest)
+              + " (all of them in parity.json, timing)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -98,6 +98,12 @@ def load_split_audio(tracks: Sequence[Track], triplets: Sequence[Mapping[str, ob
     return {tid: load_audio(by_id[tid].path, config.frontend.sample_rate) for tid in needed}
 
 
+def waveform_crop(y: np.ndarray, start: int, segment_samples: int) -> np.ndarray:
+    """``y[start:start + segment_samples]``, zero-padded past the track's end (the resampler's rounding)."""
+    c = y[start:start + segment_samples]
+    return c if c.size == segment_samples else np.pad(c, (0, segment_samples - c.size))
+
+
 def iter_waveform_crops(triplets: Sequence[Mapping[str, object]], audio: Mapping[str, np.ndarray],
                         config: Config, batch_size: int = 64) -> Iterator[Dict[str, np.ndarray]]:
     """Batches of waveform crops: {"anchor"|"positive"|"negative": float32 [b, segment_samples], "condition": [b] str}.
@@ -107,11 +113,39 @@ def iter_waveform_crops(triplets: Sequence[Mapping[str, object]], audio: Mapping
     seg = config.frontend.segment_samples
 
     def crop(tid, start):
-        y = audio[str(tid)][start:start + seg]
-        return y if y.size == seg else np.pad(y, (0, seg - y.size))
+        return waveform_crop(audio[str(tid)], start, seg)
 
     for i in range(0, len(triplets), batch_size):
         chunk = triplets[i:i + batch_size]
         batch = {r: np.stack([crop(t[r], int(t[f"{r}_start"])) for t in chunk]).astype(np.float32) for r in ROLES}
         batch["condition"] = np.array([t["condition"] for t in chunk])
         yield batch
+
+
+def distinct_segments(triplets: Sequence[Mapping[str, object]]) -> Tuple[List[Tuple[str, int]], Dict[str, np.ndarray]]:
+    """The distinct crops the triplets use, and where each triplet's crops are among them.
+
+    A crop is a ``(track_id, start)`` pair; the same pair in several triplets (or roles)
+    is one crop, so it is embedded once.
+
+    Returns:
+        ``(segments, index)``: ``segments`` the distinct pairs in order of first use;
+        ``index[role]`` int64 ``[len(triplets)]``, the row in ``segments`` of each
+        triplet's anchor, positive and negative.
+    """
+    where: Dict[Tuple[str, int], int] = {}
+    index = {r: np.zeros(len(triplets), np.int64) for r in ROLES}
+    for i, t in enumerate(triplets):
+        for r in ROLES:
+            index[r][i] = where.setdefault((str(t[r]), int(t[f"{r}_start"])), len(where))
+    return list(where), index
+
+
+def iter_segment_crops(segments: Sequence[Tuple[str, int]], audio: Mapping[str, np.ndarray], config: Config,
+                       batch_size: int = 64) -> Iterator[np.ndarray]:
+    """Batches of the waveform crops of ``(track_id, start)`` pairs: float32 ``[b, segment_samples]``,
+    zero-padded past a track's end like :func:`iter_waveform_crops`."""
+    seg = config.frontend.segment_samples
+    for i in range(0, len(segments), batch_size):
+        yield np.stack([waveform_crop(audio[tid], start, seg)
+                        for tid, start in segments[i:i + batch_size]]).astype(np.float32)

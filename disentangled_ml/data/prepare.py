@@ -38,7 +38,10 @@ Outputs in ``out_dir``:
   :data:`~disentangled_ml.data.manifest.PREPARED_COLUMNS` describing the file
   (its own rate, frames, channels, decoder code, duration in s, SHA-1, tempo
   source); paths still point at the original files.
-* ``rejected.csv``: ``path, track_id, reason, message``.
+* ``rejected.csv``: ``path, track_id, reason, message, detail``: ``message`` says in
+  words what is wrong with the file and what to do (``"x.flac: truncated or corrupt
+  FLAC (...): re-encode or re-download it."``); ``detail`` is the decoder's own error
+  text, for bug reports (empty when the check was this package's own).
 * ``labels.json``: classes and counts per condition, with the problems found
   (see :func:`label_report`).
 * ``config.json``: the configuration used.
@@ -87,6 +90,8 @@ REJECTION_REASONS: Dict[str, str] = {
     "error": "an unexpected error while analysing the file",
 }
 
+#: Columns of ``rejected.csv`` (docs/design.md, contract 1).
+REJECTED_COLUMNS = ("path", "track_id", "reason", "message", "detail")
 #: Bump when the content of cache entries changes meaning; old entries are then ignored.
 #: 2: WAV/FLAC sample types come from libsndfile (32-bit integer WAV, once accepted as
 #: float32 and decoded to NaN, is now rejected).
@@ -201,8 +206,8 @@ def _read_entry(path: str) -> Optional[Dict[str, Any]]:
         return None  # absent, or damaged by something outside our atomic writes: recompute
 
 
-def _rejection(job: Mapping[str, Any], reason: str, message: str, **extra: Any) -> Dict[str, Any]:
-    return {"index": job["index"], "status": "rejected", "reason": reason, "message": message,
+def _rejection(job: Mapping[str, Any], reason: str, message: str, detail: str = "", **extra: Any) -> Dict[str, Any]:
+    return {"index": job["index"], "status": "rejected", "reason": reason, "message": message, "detail": detail,
             "from_cache": False, "cacheable": False, **extra}
 
 
@@ -212,14 +217,16 @@ def process_file(job: Mapping[str, Any]) -> Dict[str, Any]:
     ``job`` holds ``index``, ``path``, ``need_tempo`` (estimate a tempo), ``params``
     (:func:`analysis_params`), ``cache_dir`` and ``cache_audio``. Returns a small
     JSON-able dict (no audio): ``status`` ``accepted``/``rejected``, ``reason``,
-    ``message``, ``sha1``, ``info``, ``rms_db``, ``tempo`` (madmom's estimate, BPM,
+    ``message``, ``detail`` (rejections: the decoder's raw error text, or ""), ``sha1``,
+    ``info``, ``rms_db``, ``tempo`` (madmom's estimate, BPM,
     or None), ``tempo_estimated``, ``from_cache``, ``seconds``.
     """
     start = time.perf_counter()
     try:
         result = _process_file(job)
     except Exception as e:  # a run never dies on one file
-        result = _rejection(job, "error", f"{job['path']}: unexpected {type(e).__name__}: {e}",
+        result = _rejection(job, "error", f"{job['path']}: unexpected {type(e).__name__}: {e} (a bug? the "
+                                          "traceback is in errors.log)", detail=f"{type(e).__name__}: {e}",
                             traceback=traceback.format_exc())
     if not result.get("from_cache"):
         result["seconds"] = time.perf_counter() - start
@@ -243,6 +250,9 @@ def _process_file(job: Mapping[str, Any]) -> Dict[str, Any]:
     sha1 = file_sha1(path)
     entry_path, npy_path = _entry_paths(job["cache_dir"], cache_key(sha1, params))
     entry = _read_entry(entry_path)
+    if entry is not None and entry["status"] == "rejected" and entry["reason"] == "undecodable" \
+            and "detail" not in entry:
+        entry = None  # cached before rejections said why in words (and kept the decoder's text): redo it
     if entry is not None and (
         entry["status"] == "rejected"
         or ((not job["need_tempo"] or entry.get("tempo_estimated"))
@@ -255,7 +265,7 @@ def _process_file(job: Mapping[str, Any]) -> Dict[str, Any]:
         info = audio_io.probe_audio(path)
         y = audio_io.load_audio(path, params["sample_rate"])
     except audio_io.AudioDecodeError as e:
-        result.update(status="rejected", reason="undecodable", message=str(e))
+        result.update(status="rejected", reason="undecodable", message=str(e), detail=e.detail)
         return _store(entry_path, result)
 
     result["info"] = {"sample_rate": info.sample_rate, "num_frames": info.num_frames, "channels": info.channels,
@@ -267,13 +277,13 @@ def _process_file(job: Mapping[str, Any]) -> Dict[str, Any]:
     segment = params["segment_samples"]
     rate = params["sample_rate"]
     if y.shape[0] < segment:
-        result.update(status="rejected", reason="too_short",
+        result.update(status="rejected", reason="too_short", detail="",
                       message=f"{path}: {y.shape[0] / rate:.2f} s long, shorter than one "
                               f"{segment / rate:g} s segment (frontend.segment_seconds).")
         return _store(entry_path, result)
     if rms_db is None or rms_db < params["silence_rms_db"]:
         level = "digital silence" if rms_db is None else f"RMS {rms_db:.1f} dBFS"
-        result.update(status="rejected", reason="silent",
+        result.update(status="rejected", reason="silent", detail="",
                       message=f"{path}: {level}, below the {params['silence_rms_db']:g} dBFS silence threshold "
                               "(data.silence_rms_db).")
         return _store(entry_path, result)
@@ -665,7 +675,7 @@ def prepare_collection(manifest_path: str, out_dir: str, config: Optional[Config
                 worker_seconds.append(r["seconds"])
         if r["status"] != "accepted":
             summary.rejected[r["reason"]] = summary.rejected.get(r["reason"], 0) + 1
-            rejected_rows.append([track.path, track.track_id, r["reason"], r["message"]])
+            rejected_rows.append([track.path, track.track_id, r["reason"], r["message"], r.get("detail", "")])
             if r.get("traceback"):
                 errors.append(f"{track.path}:\n{r['traceback']}")
             continue
@@ -721,7 +731,7 @@ def prepare_collection(manifest_path: str, out_dir: str, config: Optional[Config
 def _write_rejected(path: str, rows: Iterable[Sequence[str]]) -> None:
     def write(f):
         w = csv.writer(f)
-        w.writerow(["path", "track_id", "reason", "message"])
+        w.writerow(REJECTED_COLUMNS)
         w.writerows(rows)
 
     _atomic_write(path, write)
