@@ -202,6 +202,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
     parser.add_argument("--calibration-segments", type=int, default=100, help="int8_full calibration segments")
     parser.add_argument("--parity-segments", type=int, default=20, help="segments of the parity check")
+    parser.add_argument("--max-triplets", type=int, default=200,
+                        help="test triplets per condition every variant is scored on (0: all); with --run")
     parser.add_argument("--keep", default=None, help="write the export here instead of a temporary folder")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                       "export.json"))
@@ -221,7 +223,8 @@ def main(argv=None) -> int:
         export_dir = args.keep or os.path.join(work, "export")
         t0 = time.perf_counter()
         result = export_run(run, export_dir, prepared_dir=args.prepared, overwrite=bool(args.keep),
-                            calibration_segments=args.calibration_segments, parity_segments=args.parity_segments)
+                            calibration_segments=args.calibration_segments, parity_segments=args.parity_segments,
+                            max_triplets=args.max_triplets)
         export_seconds = time.perf_counter() - t0
         config, parity = result["config"], result["parity"]
         seg = config["segment_samples"]
@@ -266,6 +269,8 @@ def main(argv=None) -> int:
         "threads": 1, "batch": 1, "warmup": args.warmup, "repeats": args.repeats,
         "export_seconds": export_seconds,
         "export_timing": export_timing(parity),
+        # every variant on the same test triplets (with --run and its prepared collection)
+        "triplet_accuracy": {k: (parity.get("triplet_accuracy") or {}).get(k) for k in ("n_triplets", "accuracy")},
         "calibration": (config.get("int8_full") or {}).get("calibration"),
         "parity_segments": parity["segments"],
         "results": rows,
@@ -286,6 +291,13 @@ def main(argv=None) -> int:
         cos = f"{r['min_cosine']:.4f}" if "min_cosine" in r else "-"
         print(f"{r['variant']:<12}{r['file']:<32}{r['size_bytes'] / 1e6:>9.2f}{r['latency_ms_median']:>11.1f}"
               f"{r['latency_ms_p90']:>9.1f}{r['speedup_vs_keras']:>9.2f}x{diff:>11}{cos:>9}")
+    acc = out["triplet_accuracy"]["accuracy"]
+    if acc:
+        conds = list(next(iter(acc.values())))
+        print(f"\ntriplet accuracy on the same test triplets ({out['triplet_accuracy']['n_triplets']}):")
+        print(f"{'variant':<12}" + "".join(f"{c:>12}" for c in conds))
+        for v, per in acc.items():
+            print(f"{v:<12}" + "".join(f"{per[c]:>12.3f}" for c in conds))
     print(format_export_timing(out["export_timing"], export_seconds))
     print(f"written to {args.out}")
     return 0

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from disentangled_ml.export import DEFAULT_CALIBRATION_SEGMENTS, DEFAULT_PARITY_SEGMENTS
+    from disentangled_ml.export import DEFAULT_CALIBRATION_SEGMENTS, DEFAULT_MAX_TRIPLETS, DEFAULT_PARITY_SEGMENTS
 
     parser.add_argument("source", metavar="RUN_DIR_OR_KERAS",
                         help="training run directory (dml train) or a .keras model file inside one")
@@ -41,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "full-integer model")
     parser.add_argument("--parity-segments", type=int, default=DEFAULT_PARITY_SEGMENTS, metavar="N",
                         help="test-split segments every variant is compared on")
-    parser.add_argument("--max-triplets", type=int, default=None, metavar="N",
-                        help="score at most N test triplets per condition in parity.json; None scores all")
+    parser.add_argument("--max-triplets", type=int, default=DEFAULT_MAX_TRIPLETS, metavar="N",
+                        help="score every variant on at most N test triplets per condition in parity.json "
+                             "(0: all of them, slow on a large test split)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty EXPORT_DIR")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="segments per forward pass")
     parser.add_argument("--seed", type=int, default=0, help="seeds the choice of calibration and parity segments")
