@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= demo_out
 DEMO_TRACKS ?= 120
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# the inner loop: every test but those marked slow (processes, kill-and-resume, model conversions)
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info

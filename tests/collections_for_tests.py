@@ -12,6 +12,19 @@ from disentangled_ml.audio_io import probe_audio
 from disentangled_ml.config import Config
 from disentangled_ml.data.manifest import Track, write_manifest
 
+#: Multiplies every subprocess time limit in the tests (DML_TEST_TIMEOUT_SCALE, default 1). The
+#: limits guard against hangs, not speed: each is a measured worst case on the 2-core CI machine
+#: times a wide margin; raise the scale on a slower or busier machine.
+TIMEOUT_SCALE = float(os.environ.get("DML_TEST_TIMEOUT_SCALE", "1"))
+#: Margin over the measured worst case.
+TIMEOUT_MARGIN = 4.0
+
+
+def process_timeout(worst_seconds: float) -> float:
+    """The time limit, in seconds, for a test subprocess whose measured worst case is ``worst_seconds``."""
+    return worst_seconds * TIMEOUT_MARGIN * TIMEOUT_SCALE
+
+
 GENRES = ["rock", "jazz", "pop"]
 MOODS = ["happy", "sad"]
 

@@ -18,7 +18,7 @@ from disentangled_ml.data.labels import LabelTables
 from disentangled_ml.data.manifest import read_manifest
 from disentangled_ml.data.pipeline import DecodeStats, decoded_tracks, training_dataset
 from disentangled_ml.training import train
-from collections_for_tests import make_prepared, tiny_config
+from collections_for_tests import make_prepared, process_timeout, tiny_config
 
 OVERRIDES = {"model.width": 4, "model.backbone": "plain", "train.steps_per_epoch": 3, "train.epochs": 1,
              "data.eval_triplets_per_condition": 8, "data.split_fractions": [0.6, 0.2, 0.2]}
@@ -87,6 +87,7 @@ def _start_worker(dispatcher_port, log_path):
     return proc
 
 
+@pytest.mark.slow
 def test_train_through_dispatcher_and_two_workers(prepared, tmp_path):
     prepared_dir, cfg = prepared
     dispatcher = service.start_dispatcher(port=0)
@@ -95,7 +96,7 @@ def test_train_through_dispatcher_and_two_workers(prepared, tmp_path):
     logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
     procs = [_start_worker(port, p) for p in logs]
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + process_timeout(120)
         while dispatcher._num_workers() < 2 and time.time() < deadline:
             assert all(p.poll() is None for p in procs), [p.read_text()[-2000:] for p in logs]
             time.sleep(0.2)
@@ -110,7 +111,7 @@ def test_train_through_dispatcher_and_two_workers(prepared, tmp_path):
                                 job_name="distinct-batches")
         it = iter(ds)
         anchors = [next(it)["anchor"].numpy() for _ in range(4)]
-        deadline = time.time() + 30
+        deadline = time.time() + process_timeout(30)
         while time.time() < deadline and not all("1 task(s)" in p.read_text() for p in logs):
             time.sleep(0.2)
         time.sleep(3)
@@ -130,7 +131,7 @@ def test_train_through_dispatcher_and_two_workers(prepared, tmp_path):
         assert os.path.isfile(os.path.join(run, "embedding.keras"))
 
         # both workers ran a task of the training job too (each logs its task count when it changes)
-        deadline = time.time() + 10
+        deadline = time.time() + process_timeout(10)
         while time.time() < deadline and not all("2 task(s)" in p.read_text() for p in logs):
             time.sleep(0.5)
         for p in logs:
@@ -140,7 +141,7 @@ def test_train_through_dispatcher_and_two_workers(prepared, tmp_path):
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc, p in zip(procs, logs):
-            assert proc.wait(timeout=30) == 0, p.read_text()[-2000:]
+            assert proc.wait(timeout=process_timeout(30)) == 0, p.read_text()[-2000:]
             assert "worker stopped" in p.read_text()
     finally:
         for proc in procs:

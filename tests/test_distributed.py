@@ -15,7 +15,7 @@ import pytest
 
 from disentangled_ml.config import ConfigError
 from disentangled_ml.distributed import multi_worker_cluster
-from collections_for_tests import make_prepared
+from collections_for_tests import make_prepared, process_timeout
 
 # "plain" keeps graph tracing cheap: the loop, not the backbone, is under test.
 OVERRIDES = {"model.width": 4, "model.backbone": "plain", "train.steps_per_epoch": 3, "train.epochs": 2,
@@ -67,6 +67,7 @@ WEIGHT_SAVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_two_replicas_trains_and_resumes(prepared, tmp_path):
     prepared_dir, cfg_path, cfg = prepared
     run = str(tmp_path / "run")
@@ -91,7 +92,7 @@ def test_mirrored_two_replicas_trains_and_resumes(prepared, tmp_path):
                                    callbacks=[SaveWeights({str(tmp_path / "second.npz")!r})])
         print("SUMMARY", json.dumps([first, second]))
     """)
-    out = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=240)
+    out = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=process_timeout(240))
     assert out.returncode == 0, out.stderr[-4000:]
     first, second = json.loads(out.stdout.split("SUMMARY", 1)[1])
     assert first["replicas"] == 2 and first["epochs_this_call"] == 1
@@ -117,6 +118,7 @@ def test_mirrored_two_replicas_trains_and_resumes(prepared, tmp_path):
         np.testing.assert_array_equal(init2[k], w1[k])
 
 
+@pytest.mark.slow
 def test_two_worker_processes_on_loopback_train_the_same_weights(prepared, tmp_path):
     prepared_dir, cfg_path, cfg = prepared
     run = str(tmp_path / "run")
@@ -141,7 +143,7 @@ def test_two_worker_processes_on_loopback_train_the_same_weights(prepared, tmp_p
             logs.append(log)
             procs.append(subprocess.Popen([sys.executable, "-c", script], env=_env(TF_CONFIG=tf_config),
                                           stdout=log, stderr=subprocess.STDOUT, text=True))
-        deadline = time.time() + 240
+        deadline = time.time() + process_timeout(240)
         while time.time() < deadline and any(p.poll() is None for p in procs):
             time.sleep(0.5)
         outputs = []

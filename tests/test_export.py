@@ -12,7 +12,10 @@ import pytest
 
 from disentangled_ml.config import Config
 from disentangled_ml.data.manifest import write_manifest
-from collections_for_tests import tiny_config, write_tracks
+from collections_for_tests import process_timeout, tiny_config, write_tracks
+
+# every test here runs processes or model conversions (pytest.ini: `slow`)
+pytestmark = pytest.mark.slow
 
 CONDITIONS = ("genre", "mood", "instrument", "tempo")
 
@@ -291,7 +294,7 @@ def test_tflite_runs_with_litert_alone(exported, tmp_path):
         assert "tensorflow" not in sys.modules, sorted(m for m in sys.modules if m.startswith("tensorflow"))
         print("OK", float(np.abs(got["embedding"] - ref).max()))
     """)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=process_timeout(120))
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.startswith("OK")
 

@@ -14,6 +14,7 @@ from disentangled_ml.config import Config, ConfigError
 from disentangled_ml.models import (BACKBONES, ConditionMasks, L2Normalize, TripletModel, add_frontend,
                                     build_backbone, build_condition_masks, build_embedding_model,
                                     build_triplet_model, slice_outputs)
+from collections_for_tests import process_timeout
 
 # 0.75 s at 22,050 Hz = 16,538 samples -> 1 + (16538 - 1024) // 512 = 31 frames.
 SMALL = {"frontend.n_mels": 32, "frontend.segment_seconds": 0.75, "model.width": 8, "model.onset_lags": 12,
@@ -271,6 +272,7 @@ def test_learned_masks_train_and_reload(tmp_path):
     np.testing.assert_array_equal(loaded.condition_masks.mask_weights.numpy(), learned)
 
 
+@pytest.mark.slow
 def test_runs_under_mirrored_strategy():
     # Two logical CPUs need a fresh process (devices are fixed once TF starts).
     script = textwrap.dedent("""
@@ -309,7 +311,7 @@ def test_runs_under_mirrored_strategy():
         print("OK")
     """)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=process_timeout(180))
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
 
 

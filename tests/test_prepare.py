@@ -24,6 +24,7 @@ from disentangled_ml.data.manifest import Track, read_manifest
 from disentangled_ml.data.prepare import (
     INT16_SCALE, PrepareError, format_label_report, label_report, parse_audio_example, prepare_collection, run_jobs,
 )
+from collections_for_tests import process_timeout
 
 SR = 22050
 
@@ -218,6 +219,7 @@ def test_resume_on_grown_collection_and_cache_key(tmp_path):
     assert (s3.processed, s3.from_cache, s3.accepted, s3.rejected) == (6, 0, 0, {"silent": 6})
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_reprocessing(tmp_path):
     bpms = [80, 90, 100, 110, 120, 130, 140, 150]
     for i, bpm in enumerate(bpms):
@@ -232,7 +234,7 @@ def test_interrupted_run_resumes_without_reprocessing(tmp_path):
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + 180
+            deadline = time.monotonic() + process_timeout(180)
             while not glob.glob(str(killed / "cache" / "*" / "*.json")):
                 assert proc.poll() is None, (tmp_path / "log.txt").read_text()
                 assert time.monotonic() < deadline, "no cache entry appeared"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from disentangled_ml.training import train
-from collections_for_tests import make_prepared
+from collections_for_tests import make_prepared, process_timeout
 
 TRAIN_OVERRIDES = {"model.width": 4, "train.steps_per_epoch": 3, "train.epochs": 2,
                    "data.eval_triplets_per_condition": 8, "data.split_fractions": [0.6, 0.2, 0.2]}
@@ -71,11 +71,12 @@ def test_train_writes_run_and_projector(prepared, tmp_path):
     code = ("import keras, numpy as np, disentangled_ml.models; m = keras.saving.load_model(%r); "
             "print(m(np.zeros((1, %d), 'float32'))['embedding'].shape)" % (os.path.join(run, "embedding.keras"),
                                                                           cfg.frontend.segment_samples))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=process_timeout(120))
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"(1, {cfg.conditions.embedding_dim})" in out.stdout
 
 
+@pytest.mark.slow
 def test_training_resumes_after_kill(prepared, tmp_path):
     prepared_dir, cfg = prepared
     run = str(tmp_path / "run")
@@ -97,7 +98,7 @@ def test_training_resumes_after_kill(prepared, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not os.path.isfile(os.path.join(run, "run.json"))  # it did not finish
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=process_timeout(600))
     assert done.returncode == 0, done.stderr[-3000:]
     with open(history) as f:
         epochs = [int(r["epoch"]) for r in csv.DictReader(f)]

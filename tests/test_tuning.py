@@ -19,7 +19,7 @@ from disentangled_ml.config import Config, ConfigError
 from disentangled_ml.tuning.hypermodel import (DisentangledHyperModel, ObjectiveLogger, SearchSpace,
                                                objective_metric, parse_objective)
 from disentangled_ml.tuning.search import PROJECT_NAME, format_table, make_tuner, run_search, summarize
-from collections_for_tests import make_prepared, tiny_config
+from collections_for_tests import make_prepared, process_timeout, tiny_config
 
 # The plain backbone at width 4 traces and trains in a few seconds: the tests are about
 # the search machinery, not the model.
@@ -233,6 +233,7 @@ def test_random_search_writes_results_and_best_config(prepared, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Resume after a kill
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_search_resumes_after_kill(prepared, tmp_path):
     prepared_dir, _, cfg_path = prepared
     tune = str(tmp_path / "tune")
@@ -240,7 +241,7 @@ def test_search_resumes_after_kill(prepared, tmp_path):
            "--max-trials", "3", "--seed", "7", "--quiet"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + process_timeout(180)
         first = None
         while time.time() < deadline and proc.poll() is None and first is None:
             done = [t for t in _trials(tune).values() if t["status"] == "COMPLETED"]
@@ -257,7 +258,7 @@ def test_search_resumes_after_kill(prepared, tmp_path):
     before = _trials(tune)
     assert len([t for t in before.values() if t["status"] == "COMPLETED"]) < 3
 
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=process_timeout(300))
     assert out.returncode == 0, out.stderr[-3000:]
     after = _trials(tune)
     assert sorted(after) == ["0", "1", "2"] and all(t["status"] == "COMPLETED" for t in after.values())
@@ -290,6 +291,7 @@ def _stop_all(procs, logs):
         f.close()
 
 
+@pytest.mark.slow
 def test_distributed_chief_and_two_workers(prepared, tmp_path):
     prepared_dir, _, cfg_path = prepared
     tune = str(tmp_path / "tune")
@@ -304,7 +306,7 @@ def test_distributed_chief_and_two_workers(prepared, tmp_path):
         for i in (0, 1):
             procs[f"worker{i}"] = subprocess.Popen(base + ["--worker", str(i)], env=ENV, stdout=logs[f"worker{i}"],
                                                    stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
+        deadline = time.time() + process_timeout(300)
         for name, p in procs.items():
             p.wait(timeout=max(1, deadline - time.time()))
         for name, p in procs.items():
@@ -329,11 +331,12 @@ def test_distributed_chief_and_two_workers(prepared, tmp_path):
     s = summarize(tune, write=False)
     assert len(s.completed) == 4 and os.path.isfile(os.path.join(tune, "best.json"))
     out = subprocess.run([sys.executable, "-m", "disentangled_ml", "tune", "--summary", tune], env=ENV,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=process_timeout(120))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "4 of 4 trial(s) completed" in out.stdout
 
 
+@pytest.mark.slow
 def test_distributed_search_survives_a_killed_worker(prepared, tmp_path):
     # worker1 is killed while it trains trial 0; after the lease the chief puts that trial back in
     # the queue, worker0 (started only then) reruns it and trains trial 1, and the chief exits
@@ -350,7 +353,7 @@ def test_distributed_search_survives_a_killed_worker(prepared, tmp_path):
     procs = {}
 
     def wait_for(condition, what, timeout_s=240):
-        deadline = time.time() + timeout_s
+        deadline = time.time() + process_timeout(timeout_s)
         while not condition():
             for name, p in procs.items():
                 if p.poll() is not None and not (name == "worker1" and p.returncode == -signal.SIGKILL):
@@ -375,7 +378,7 @@ def test_distributed_search_survives_a_killed_worker(prepared, tmp_path):
         procs["worker0"] = subprocess.Popen(base + ["--worker", "0"], env=ENV, stdout=logs["worker0"],
                                             stderr=subprocess.STDOUT)
         for name in ("worker0", "chief"):
-            procs[name].wait(timeout=240)
+            procs[name].wait(timeout=process_timeout(240))
             logs[name].seek(0)
             assert procs[name].returncode == 0, f"{name} failed:\n" + logs[name].read()[-3000:]
     finally:
