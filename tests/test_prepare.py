@@ -381,3 +381,63 @@ def test_every_bad_manifest_row_is_reported_in_one_error(tmp_path):
     for expected in ("line 3: tempo 'fast' is not a number", "line 4: track_id 'a' repeats line 2",
                      "line 5: empty 'path'", "line 6: tempo '4000' is not a plausible BPM"):
         assert expected in message
+    assert [p.line for p in info.value.problems] == [3, 4, 5, 6]
+
+
+def test_prepare_reports_every_bad_row_at_once_and_can_skip_them(tmp_path, caplog):
+    from disentangled_ml.cli import prepare as cli_prepare
+
+    for i, name in enumerate(("a.wav", "b.wav", "d.wav")):
+        sf.write(tmp_path / name, click_track(90 + 10 * i, 3.5, seed=i), SR)
+    write_csv(tmp_path / "manifest.csv", [
+        {"path": "a.wav", "track_id": "a", "genre": "rock", "tempo": "120"},  # line 2
+        {"path": "b.wav", "track_id": "b", "genre": "pop"},  # line 3
+        {"path": "", "track_id": "e", "genre": "rock"},  # line 4: empty path
+        {"path": "c.wav", "track_id": "c", "tempo": "fast"},  # line 5: not a number
+        {"path": "n.wav", "track_id": "n", "tempo": "-5"},  # line 6: not a plausible BPM
+        {"path": "d.wav", "track_id": "a", "genre": "rock", "tempo": "120"},  # line 7: id 'a' on another file
+        {"path": "b.wav", "track_id": "b", "genre": "jazz"},  # line 8: conflicts with line 3
+        {"path": "./a.wav", "track_id": "a", "genre": "rock", "tempo": "120.0"},  # line 9: line 2 again
+        {"path": "d.wav", "track_id": "d", "genre": "pop", "tempo": "90"},  # line 10
+    ])
+    expected = {4: "empty 'path'", 5: "tempo 'fast' is not a number", 6: "tempo '-5' is not a plausible BPM",
+                7: "track_id 'a' repeats line 2, which is another file (a.wav)",
+                8: "track_id 'b' repeats line 3 (the same file) with another genre"}
+    parser = argparse.ArgumentParser()
+    cli_prepare.add_arguments(parser)
+    out = tmp_path / "prepared"
+    argv = [str(tmp_path / "manifest.csv"), "--out", str(out), "--jobs", "0", "--no-tempo", "--no-progress"]
+
+    # Default: every bad row in one message, and in manifest_problems.csv; nothing is decoded.
+    with pytest.raises(CliError) as info:
+        cli_prepare.run(parser.parse_args(argv))
+    message = str(info.value)
+    assert "5 bad row(s)" in message and str(out / "manifest_problems.csv") in message
+    assert "--skip-bad-rows" in message
+    for line, problem in expected.items():
+        assert f"manifest.csv, line {line}: {problem}" in message
+    assert "line 9" not in message  # an identical row is no error...
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("lines 2, 9 are the same row" in w for w in warnings)  # ...only a warning naming the lines
+    problems = read_csv(out / "manifest_problems.csv")
+    assert list(problems[0]) == ["line", "track_id", "path", "problem"]
+    assert {int(p["line"]): p["problem"] for p in problems}.keys() == expected.keys()
+    for p in problems:
+        assert p["problem"].startswith(expected[int(p["line"])])
+    assert [(p["track_id"], p["path"]) for p in problems] == [("e", ""), ("c", "c.wav"), ("n", "n.wav"),
+                                                            ("a", "d.wav"), ("b", "b.wav")]
+    assert not (out / "manifest.csv").exists() and not glob.glob(str(out / "cache" / "*" / "*.json"))
+
+    # --skip-bad-rows: the good rows are prepared, the bad ones are rejections like any other.
+    caplog.clear()
+    assert cli_prepare.run(parser.parse_args(argv + ["--skip-bad-rows"])) == 0
+    assert [t.track_id for t in read_manifest(str(out / "manifest.csv"))] == ["a", "b", "d"]
+    rejected = read_csv(out / "rejected.csv")
+    assert [r["reason"] for r in rejected] == ["bad_manifest_row"] * 5
+    for r, (line, problem) in zip(rejected, expected.items()):
+        assert f"manifest.csv, line {line}: {problem}" in r["message"]
+    assert rejected[1]["path"] == str(tmp_path / "c.wav") and rejected[0]["path"] == ""
+    summary = json.load(open(out / "summary.json"))
+    assert summary["rejected"] == {"bad_manifest_row": 5} and summary["num_rejected"] == 5
+    assert (summary["total"], summary["accepted"], summary["prechecked"], summary["processed"]) == (8, 3, 5, 3)
+    assert len(read_csv(out / "manifest_problems.csv")) == 5

@@ -1,5 +1,13 @@
 """Validate a labelled collection, estimate missing tempi with madmom, and summarise its labels.
 
+MANIFEST is checked whole before any work: every bad row (empty path, a tempo
+that is not a BPM, a track id repeated on another file or with other labels or
+tempo) is reported with its line, in the error message and in
+OUT/manifest_problems.csv, and the run stops, unless --skip-bad-rows is given:
+then the good rows are prepared and the bad ones are listed in OUT/rejected.csv
+(reason bad_manifest_row). A row repeating another exactly counts once, with a
+warning.
+
 Every file of MANIFEST (docs/design.md, contract 1) is decoded once at the
 configured sample rate; files that are missing, in an unsupported format,
 undecodable, shorter than one segment or silent are listed with their reason
@@ -41,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of audio shards with --cache-audio (None = one per 256 tracks)")
     parser.add_argument("--tempo-bin-bpm", type=float, default=10.0, metavar="BPM",
                         help="width of the tempo bins in the label summary, in BPM")
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="prepare the manifest's good rows when some are bad, listing the bad ones in "
+                             "PREPARED_DIR/rejected.csv (reason bad_manifest_row); by default bad rows stop the "
+                             "run before any work, listed in PREPARED_DIR/manifest_problems.csv")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -64,15 +76,17 @@ def run(args: argparse.Namespace) -> int:
         summary = prepare_collection(
             args.manifest, args.out, config, jobs=args.jobs, estimate_tempo=not args.no_tempo,
             cache_audio=args.cache_audio, shards=args.shards, progress=not args.no_progress,
-            tempo_bin_bpm=args.tempo_bin_bpm,
+            tempo_bin_bpm=args.tempo_bin_bpm, skip_bad_rows=args.skip_bad_rows,
         )
     except (ManifestError, PrepareError) as e:
         raise CliError(str(e)) from None
     print(format_label_report(summary.labels))
     print()
     print(format_summary(summary))
+    bad_rows = summary.rejected.get("bad_manifest_row", 0)
     print(f"wrote {os.path.join(args.out, 'manifest.csv')} ({summary.accepted} track(s)), rejected.csv, "
-          "labels.json, config.json, summary.json")
+          "labels.json, config.json, summary.json"
+          + (f", manifest_problems.csv ({bad_rows} bad manifest row(s) skipped)" if bad_rows else ""))
     if summary.accepted == 0:
         print("no track was accepted; see rejected.csv for the reasons.")
         return 1

@@ -15,7 +15,20 @@ code                   meaning
 ``silent``             whole-file RMS below ``Config.data.silence_rms_db`` dBFS
 ``error``              anything unexpected (a bug, or a decoder that crashed its
                        worker process); the run goes on
+``bad_manifest_row``   the manifest row itself is bad (empty path, a tempo that
+                       is not a BPM, a track id repeated on another file or with
+                       other labels); only with ``skip_bad_rows``
 =====================  ==========================================================
+
+The whole manifest is checked before any work
+(:func:`~disentangled_ml.data.manifest.check_manifest`). Bad rows are written,
+every one with its line and what is wrong, to ``manifest_problems.csv``
+(:data:`MANIFEST_PROBLEM_COLUMNS`); then the run stops with a
+:class:`~disentangled_ml.data.manifest.ManifestError` listing them, having
+decoded nothing, unless ``skip_bad_rows`` is set (``dml prepare
+--skip-bad-rows``): then the good rows are prepared and the bad ones are listed
+in ``rejected.csv`` with the reason ``bad_manifest_row``. A row repeating an
+earlier one exactly counts once, with a warning.
 
 The RMS is taken over the whole decoded file, ``20 log10(sqrt(mean(y**2)))``
 dBFS (a full-scale sine is -3 dBFS). A file that is mostly digital silence with
@@ -47,6 +60,8 @@ Outputs in ``out_dir``:
 * ``config.json``: the configuration used.
 * ``summary.json``: the counts of :class:`PrepareSummary`.
 * ``errors.log``: tracebacks of ``error`` rejections, when there are any.
+* ``manifest_problems.csv``: ``line, track_id, path, problem``, the manifest's bad
+  rows (``path`` as written in the manifest), when there are any.
 * ``audio/`` (``cache_audio=True``): the decoded audio as TFRecord shards, see
   :func:`parse_audio_example`.
 * ``cache/``: the per-file cache (a small JSON per file, plus the file's int16
@@ -76,7 +91,10 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from disentangled_ml.config import Config
-from disentangled_ml.data.manifest import Track, read_manifest, tag_conditions, write_manifest
+from disentangled_ml.data.manifest import (
+    ManifestError, ManifestProblem, Track, check_manifest, format_problems, resolve_path, tag_conditions,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +106,13 @@ REJECTION_REASONS: Dict[str, str] = {
     "too_short": "the file is shorter than one segment",
     "silent": "the file's RMS level is below the silence threshold",
     "error": "an unexpected error while analysing the file",
+    "bad_manifest_row": "the manifest row is malformed (skipped with skip_bad_rows / --skip-bad-rows)",
 }
 
 #: Columns of ``rejected.csv`` (docs/design.md, contract 1).
 REJECTED_COLUMNS = ("path", "track_id", "reason", "message", "detail")
+#: Columns of ``manifest_problems.csv``: the manifest's bad rows (``path`` as written there).
+MANIFEST_PROBLEM_COLUMNS = ("line", "track_id", "path", "problem")
 #: Bump when the content of cache entries changes meaning; old entries are then ignored.
 #: 2: WAV/FLAC sample types come from libsndfile (32-bit integer WAV, once accepted as
 #: float32 and decoded to NaN, is now rejected).
@@ -113,7 +134,8 @@ class PrepareSummary:
 
     ``total == from_cache + processed + prechecked``: files are either taken from
     the cache, analysed (decoded) in this run, or rejected before decoding
-    (missing file, unsupported extension).
+    (missing file, unsupported extension, or a bad manifest row skipped with
+    ``skip_bad_rows``). Rows repeating another row exactly count once.
     """
 
     out_dir: str
@@ -578,7 +600,7 @@ def _write_audio_shards(out_dir: str, cache_dir: str, tracks: Sequence[Tuple[Tra
 def prepare_collection(manifest_path: str, out_dir: str, config: Optional[Config] = None,
                        jobs: Optional[int] = None, estimate_tempo: bool = True, cache_audio: bool = False,
                        shards: Optional[int] = None, progress: bool = True,
-                       tempo_bin_bpm: float = 10.0) -> PrepareSummary:
+                       tempo_bin_bpm: float = 10.0, skip_bad_rows: bool = False) -> PrepareSummary:
     """Validate every file of a manifest, fill in tempo, and write a prepared collection.
 
     Parameters
@@ -606,6 +628,10 @@ def prepare_collection(manifest_path: str, out_dir: str, config: Optional[Config
         Show a tqdm progress bar on stderr.
     tempo_bin_bpm : float
         Width of the tempo bins in the label report, BPM.
+    skip_bad_rows : bool
+        Bad manifest rows (listed in ``out_dir/manifest_problems.csv`` either way)
+        do not stop the run: the other rows are prepared and the bad ones are listed
+        in ``rejected.csv`` as ``bad_manifest_row``.
 
     Returns
     -------
@@ -614,7 +640,10 @@ def prepare_collection(manifest_path: str, out_dir: str, config: Optional[Config
     Raises
     ------
     ManifestError
-        The manifest is malformed.
+        The manifest cannot be read, or (without ``skip_bad_rows``) has bad rows:
+        the message lists them (``.problems`` holds them all) and names
+        ``out_dir/manifest_problems.csv``; nothing has been decoded. With
+        ``skip_bad_rows``, raised only when no row is good.
     PrepareError
         Bad arguments, or ``out_dir`` would overwrite the input manifest.
     """
@@ -631,7 +660,22 @@ def prepare_collection(manifest_path: str, out_dir: str, config: Optional[Config
     if os.path.abspath(out_manifest) == os.path.abspath(manifest_path):
         raise PrepareError(f"writing to {out_dir} would overwrite the input manifest {manifest_path}; "
                            "choose another --out folder.")
-    tracks = read_manifest(manifest_path)
+    tracks, problems = check_manifest(manifest_path)
+    problems_csv = os.path.join(out_dir, "manifest_problems.csv")
+    if problems:
+        _write_manifest_problems(problems_csv, problems)
+        if not skip_bad_rows:
+            raise ManifestError(
+                f"manifest {manifest_path} has {len(problems)} bad row(s), listed in {problems_csv}; nothing was "
+                "prepared. Fix them and run again, or pass --skip-bad-rows to prepare the other rows without "
+                "them (they then go to rejected.csv):\n  " + format_problems(manifest_path, problems), problems)
+        if not tracks:
+            raise ManifestError(f"every row of manifest {manifest_path} is bad ({len(problems)}, listed in "
+                                f"{problems_csv}); there is nothing to prepare: fix them and run again.", problems)
+        log.warning("manifest %s: skipping %d bad row(s), listed in %s and rejected.csv.", manifest_path,
+                    len(problems), problems_csv)
+    elif os.path.exists(problems_csv):
+        os.unlink(problems_csv)  # from an earlier run of a manifest since fixed
     cache_dir = os.path.join(out_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)
     params = analysis_params(config)
@@ -657,10 +701,13 @@ def prepare_collection(manifest_path: str, out_dir: str, config: Optional[Config
     finally:
         bar.close()
 
-    summary = PrepareSummary(out_dir=out_dir, total=len(tracks))
+    summary = PrepareSummary(out_dir=out_dir, total=len(tracks) + len(problems), prechecked=len(problems))
+    if problems:
+        summary.rejected["bad_manifest_row"] = len(problems)
     accepted: List[Track] = []
     accepted_keys: List[Tuple[Track, str]] = []
-    rejected_rows = []
+    rejected_rows = [[resolve_path(manifest_path, p.path) if p.path else "", p.track_id, "bad_manifest_row",
+                      f"{manifest_path}, line {p.line}: {p.problem}", ""] for p in problems]
     errors = []
     worker_seconds = []
     for i, track in enumerate(tracks):
@@ -726,6 +773,15 @@ def prepare_collection(manifest_path: str, out_dir: str, config: Optional[Config
     summary.seconds = time.perf_counter() - started
     _atomic_write(os.path.join(out_dir, "summary.json"), lambda f: json.dump(summary.to_dict(), f, indent=2))
     return summary
+
+
+def _write_manifest_problems(path: str, problems: Sequence[ManifestProblem]) -> None:
+    def write(f):
+        w = csv.writer(f)
+        w.writerow(MANIFEST_PROBLEM_COLUMNS)
+        w.writerows([p.line, p.track_id, p.path, p.problem] for p in problems)
+
+    _atomic_write(path, write)
 
 
 def _write_rejected(path: str, rows: Iterable[Sequence[str]]) -> None:
