@@ -28,8 +28,8 @@ learns the templates instead of fixing them:
 Matching frame by frame, then averaging, reads chords rather than a key: a 3 s crop that
 spans two chords would blur them in one averaged profile. On 480 crops of the synthetic
 collection (drums, bass and melody included), fixed major and minor triad templates told the
-mode of .80 of crops this way against .73 from the averaged profile, and Krumhansl-Kessler
-key profiles .66 (benchmarks/RESULTS.md); learned templates start from there.
+mode of .80 of crops this way against .75 from the averaged profile, and Krumhansl-Kessler
+key profiles .65-.70 (benchmarks/RESULTS.md); learned templates start from there.
 
 Both use only ``keras.ops`` that convert to TFLite builtins (strided slice, mean, matmul,
 gather, max, rsqrt). The profile's normalisation is a ratio, so exports keep it float in the
