@@ -372,6 +372,8 @@ def explain_failure(path: str, error: Optional[BaseException] = None, detail: st
 
 def _wav_truncation(path: str, size: int) -> Optional[str]:
     """Where a WAV file stops short of what its RIFF header announces, in words; None if it does not."""
+    # The RIFF chunks are walked by hand because libsndfile (soundfile.info) reports the frames the file
+    # actually holds, not the data chunk's announced length, so it cannot say that a file was cut.
     import struct
 
     with open(path, "rb") as f:
