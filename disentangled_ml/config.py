@@ -233,17 +233,19 @@ class DataConfig:
 #: ``stem_stride`` is the stem convolution's (time, frequency) stride: since 0.4 the lean stem
 #: strides time only, so the first block still resolves semitones in the pitch bands (24 an
 #: octave, halved once by the stem's pooling); 0.3 strode both axes. ``chroma_templates`` is the
-#: harmony branch (:mod:`disentangled_ml.models.harmony`), on in ``inception_lite`` since 0.5.
+#: harmony branch (:mod:`disentangled_ml.models.harmony`), on in ``inception_lite`` since 0.5;
+#: ``timbre_filters`` the timbre branch (:mod:`disentangled_ml.models.timbre`), since 0.6.
 BACKBONE_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "plain": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1), "chroma_templates": 0},
-    "resnet": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1), "chroma_templates": 0},
-    "se": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1), "chroma_templates": 0},
-    "inception": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1), "chroma_templates": 0},
-    "inception_lite": {"width": 32, "onset_lags": 96, "stem_stride": (2, 1), "chroma_templates": 32},
+    "plain": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1), "chroma_templates": 0, "timbre_filters": 0},
+    "resnet": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1), "chroma_templates": 0, "timbre_filters": 0},
+    "se": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1), "chroma_templates": 0, "timbre_filters": 0},
+    "inception": {"width": 64, "onset_lags": 0, "stem_stride": (1, 1), "chroma_templates": 0, "timbre_filters": 0},
+    "inception_lite": {"width": 32, "onset_lags": 96, "stem_stride": (2, 1), "chroma_templates": 32,
+                       "timbre_filters": 32},
 }
 #: Family-resolved keys of ``model``: None takes the family's value, and a change of family
 #: resets them unless they are set too (:meth:`Config.replace`).
-FAMILY_KEYS = ("width", "onset_lags", "stem_stride", "chroma_templates")
+FAMILY_KEYS = ("width", "onset_lags", "stem_stride", "chroma_templates", "timbre_filters")
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,12 @@ class ModelConfig:
     chroma_templates: Optional[int] = None
     # Conditions whose slices the harmony branch feeds (fixed masks), as onset_conditions.
     chroma_conditions: Optional[Tuple[str, ...]] = ("mood",)
+    # Timbre branch: this many tall filters (5 frames by a quarter of the mel bands) over the
+    # log-mel, max-pooled over frequency, mean- and max-pooled over time (Pons et al. 2017).
+    # 0 = none. None: the family's (32 in inception_lite since 0.6).
+    timbre_filters: Optional[int] = None
+    # Conditions whose slices the timbre branch feeds (fixed masks), as onset_conditions.
+    timbre_conditions: Optional[Tuple[str, ...]] = ("instrument",)
     mask_mode: str = "fixed"  # "fixed" slices, "learned" (CSN) or "none" (one global space).
     dropout: float = 0.0
     # Batch-norm moving-statistics momentum (Keras' default); lower it for short runs,
@@ -292,11 +300,13 @@ class ModelConfig:
             object.__setattr__(self, "stem_stride", family["stem_stride"])
         if self.chroma_templates is None:
             object.__setattr__(self, "chroma_templates", family["chroma_templates"])
+        if self.timbre_filters is None:
+            object.__setattr__(self, "timbre_filters", family["timbre_filters"])
         _check(isinstance(self.stem_stride, (list, tuple)) and len(self.stem_stride) == 2
                and all(isinstance(v, int) and v >= 1 for v in self.stem_stride), "model.stem_stride",
                self.stem_stride, "two integers >= 1: the stem's (time, frequency) stride")
         object.__setattr__(self, "stem_stride", tuple(self.stem_stride))  # JSON gives a list
-        for key in ("onset_conditions", "chroma_conditions"):
+        for key in ("onset_conditions", "chroma_conditions", "timbre_conditions"):
             routed = getattr(self, key)
             if routed is not None:
                 _check(isinstance(routed, (list, tuple)) and len(routed) >= 1 and all(isinstance(n, str) for n in routed),
@@ -307,6 +317,8 @@ class ModelConfig:
                "an integer >= 0 frames (0 = no onset branch)")
         _check(isinstance(self.chroma_templates, int) and self.chroma_templates >= 0, "model.chroma_templates",
                self.chroma_templates, "an integer >= 0 templates (0 = no harmony branch)")
+        _check(isinstance(self.timbre_filters, int) and self.timbre_filters >= 0, "model.timbre_filters",
+               self.timbre_filters, "an integer >= 0 filters (0 = no timbre branch)")
         _check(self.mask_mode in ("fixed", "learned", "none"), "model.mask_mode", self.mask_mode,
                "'fixed', 'learned' or 'none'")
         _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "in [0, 1)")
@@ -434,6 +446,9 @@ class Config:
             if name == "model" and saved_before(d.get("version"), HARMONY_SINCE):
                 # saved before the harmony branch existed
                 values.setdefault("chroma_templates", 0)
+            if name == "model" and saved_before(d.get("version"), TIMBRE_SINCE):
+                # saved before the timbre branch existed
+                values.setdefault("timbre_filters", 0)
             known = {f.name for f in dataclasses.fields(klass)}
             bad = set(values) - known
             if bad:
@@ -494,6 +509,8 @@ TIME_ONLY_STEM_SINCE = (0, 4)
 #: The version whose lean network added the harmony branch (``model.chroma_templates``); an older
 #: config without the key had none.
 HARMONY_SINCE = (0, 5)
+#: The version whose lean network added the timbre branch (``model.timbre_filters``).
+TIMBRE_SINCE = (0, 6)
 _BEFORE_LEAN: Dict[str, Dict[str, Any]] = {
     "model": {"backbone": "inception", "onset_lags": 0},
     "train": {"lr_schedule": "plateau", "epochs": 100, "steps_per_epoch": 500},

@@ -118,8 +118,8 @@ def test_harmony_branch_feeds_the_mood_slice_only():
     start, stop = tiny_config().conditions.slices["mood"]
     assert gate[start:stop].min() == 1.0 and gate.sum() == stop - start
     assert isinstance(net.get_layer("harmony_slices"), SliceGate)
-    # silence the main projection and the onset branch's: what is left comes through the harmony branch
-    for name in ("projection", "onset_projection"):
+    # silence the main projection and the other branches': what is left comes through the harmony branch
+    for name in ("projection", "onset_projection", "timbre_projection"):
         layer = net.get_layer(name)
         layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
     cfg = tiny_config()

@@ -144,7 +144,8 @@ def test_cached_track_features_give_the_crops_computed_on_the_fly():
 
 def test_onset_branch_feeds_only_the_tempo_slice_by_default():
     assert tiny_config().model.onset_conditions == ("tempo",)
-    cfg = tiny_config(**{"model.chroma_templates": 0})  # the harmony branch feeds mood (test_harmony.py)
+    # the harmony branch feeds mood (test_harmony.py), the timbre branch instrument (test_timbre.py)
+    cfg = tiny_config(**{"model.chroma_templates": 0, "model.timbre_filters": 0})
     net = build_backbone(cfg)
     # silence the main projection: what is left of the output comes through the onset branch alone
     proj = net.get_layer("projection")

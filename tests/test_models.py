@@ -22,7 +22,7 @@ SMALL = {"frontend.n_mels": 32, "frontend.segment_seconds": 0.75, "model.width":
 TFLITE_FRIENDLY = {"InputLayer", "Reshape", "Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D",
                    "AveragePooling2D", "GlobalAveragePooling2D", "Dense", "Concatenate", "Add", "Multiply",
                    "GlobalAveragePooling1D", "Dropout", "OnsetAutocorrelation", "SliceGate", "PitchClassProfile",
-                   "CircularTemplates"}
+                   "CircularTemplates", "Cropping2D", "GlobalMaxPooling1D"}
 
 
 def small_config(**overrides):

@@ -49,8 +49,12 @@ templates in all 12 transpositions (:mod:`disentangled_ml.models.harmony`), aver
 frames. It gives the mood slice a key-invariant reading of major and minor harmony, which
 the CNN alone did not learn under triplet losses.
 
+Since 0.6 it has a **timbre branch** (``cfg.model.timbre_filters > 0``): tall filters over the
+mel bands, max-pooled over frequency, mean- and max-pooled over time
+(:mod:`disentangled_ml.models.timbre`, after Pons et al. 2017), for the instrument slice.
+
 Each branch feeds only the slices its conditions name (``model.onset_conditions``,
-``model.chroma_conditions``: tempo and mood), through a bias-free projection times a
+``model.chroma_conditions``, ``model.timbre_conditions``: tempo, mood, instrument), through a bias-free projection times a
 constant 0/1 gate (:class:`SliceGate`) added to the main projection; ``null`` joins it to the
 pooled CNN features instead.
 
@@ -68,6 +72,7 @@ from keras import layers, ops
 
 from disentangled_ml.config import Config, ConfigError
 from disentangled_ml.models.harmony import CircularTemplates, PitchClassProfile
+from disentangled_ml.models.timbre import timbre_features
 
 __all__ = ["BACKBONES", "STEMS", "OnsetAutocorrelation", "SliceGate", "build_backbone", "conv_bn_relu", "onset_gate",
            "slice_gate"]
@@ -257,7 +262,8 @@ def slice_gate(cfg: Config, key: str = "onset_conditions"):
 
     Args:
         cfg: the configuration.
-        key: ``"onset_conditions"`` (the onset branch) or ``"chroma_conditions"`` (the harmony branch).
+        key: ``"onset_conditions"`` (the onset branch), ``"chroma_conditions"`` (the harmony branch)
+            or ``"timbre_conditions"`` (the timbre branch).
 
     Raises:
         ConfigError: a name in ``model.<key>`` is not a condition.
@@ -331,10 +337,10 @@ def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
                           f"{cfg.model.onset_lags + 2} frames, and this frontend gives {frames}: lower model.onset_lags "
                           "(or 0 for no onset branch) or lengthen frontend.segment_seconds.")
     inputs = keras.Input((frames, mels), name="mel")
-    x = layers.Reshape((frames, mels, 1), name="add_channel")(inputs)
+    channels = layers.Reshape((frames, mels, 1), name="add_channel")(inputs)
     conv = functools.partial(conv_bn_relu, momentum=cfg.model.batchnorm_momentum)
     stem = STEMS[family]
-    x = conv(x, width, stem.kernel, "stem", strides=cfg.model.stem_stride)
+    x = conv(channels, width, stem.kernel, "stem", strides=cfg.model.stem_stride)
     if stem.pool != (1, 1):
         # padding="same" so odd patch sizes (129 frames, or tiny test patches) keep
         # their last row instead of losing it at every pooling.
@@ -355,6 +361,10 @@ def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
         branches.append(("onsets", onsets, slice_gate(cfg, "onset_conditions")))
     if cfg.model.chroma_templates:
         branches.append(("harmony", _harmony_features(inputs, cfg), slice_gate(cfg, "chroma_conditions")))
+    if cfg.model.timbre_filters:
+        timbre = timbre_features(channels, cfg.frontend.n_mels, cfg.model.timbre_filters, 2 * width,
+                                 momentum=cfg.model.batchnorm_momentum, epsilon=_BN_EPSILON)
+        branches.append(("timbre", timbre, slice_gate(cfg, "timbre_conditions")))
     ungated = [(stem, features) for stem, features, gate in branches if gate is None]
     if ungated:  # branches on the whole embedding (0.3's onsets): they join the pooled features
         x = layers.Concatenate(name="cnn_and_" + "_and_".join(stem for stem, _ in ungated))(
@@ -365,7 +375,8 @@ def build_backbone(cfg: Config, name: str = "backbone") -> keras.Model:
     for stem, features, gate in branches:
         if gate is None:
             continue
-        # Only the listed slices read a branch (tempo the tempogram, mood the harmony). An onset
+        # Only the listed slices read a branch (tempo the tempogram, mood the harmony, instrument
+        # the timbre). An onset
         # autocorrelation is close to a fingerprint of a track's tempo and rhythm; fed to
         # every slice, it let the instrument and mood slices tell the training tracks apart
         # by rhythm instead of hearing timbre and harmony (benchmarks/RESULTS.md).
