@@ -307,10 +307,10 @@ def _only_float32(monkeypatch):
 
 def test_export_fails_loudly_when_parity_breaks(tmp_path, monkeypatch, capsys):
     """Also covers mask_mode "none": every condition output is the whole embedding."""
+    from disentangled_ml.catalogue_search import SearchError, embed_collection
     from disentangled_ml.cli import main
     from disentangled_ml.export import ExportError, load_export_config, parity
     from disentangled_ml.export.tflite import TFLiteEmbedder
-    from disentangled_ml.search import SearchError, embed_collection
 
     run, _ = make_run(str(tmp_path), mask_mode="none", with_audio=False)
     _only_float32(monkeypatch)

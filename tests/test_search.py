@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from disentangled_ml.catalogue_search import Catalogue, SearchError, embed_collection, parse_weights
 from disentangled_ml.cli import main
-from disentangled_ml.search import Catalogue, SearchError, embed_collection, parse_weights
 
 SR = 8000
 

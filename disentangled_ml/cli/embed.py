@@ -22,7 +22,7 @@ HELP = "embed audio files with an export (resumable): track and segment embeddin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from disentangled_ml.search import DEFAULT_SHARD_SIZE
+    from disentangled_ml.catalogue_search import DEFAULT_SHARD_SIZE
 
     parser.add_argument("export_dir", metavar="EXPORT_DIR", help="export directory (dml export)")
     parser.add_argument("source", metavar="AUDIO_DIR|MANIFEST",
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from disentangled_ml.search import SearchError, embed_collection
+    from disentangled_ml.catalogue_search import SearchError, embed_collection
 
     try:
         summary = embed_collection(args.export_dir, args.source, args.out, hop_seconds=args.hop_seconds,

@@ -20,7 +20,7 @@ HELP = "nearest tracks to a query track or audio file, per condition or weighted
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from disentangled_ml.search import DEFAULT_EXACT_BELOW
+    from disentangled_ml.catalogue_search import DEFAULT_EXACT_BELOW
 
     parser.add_argument("catalogue", metavar="EMB_DIR", help="catalogue directory (dml embed)")
     parser.add_argument("query", metavar="QUERY", help="a track_id of the catalogue or an audio file path")
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from disentangled_ml.search import Catalogue, SearchError, parse_weights
+    from disentangled_ml.catalogue_search import Catalogue, SearchError, parse_weights
 
     try:
         cat = Catalogue(args.catalogue, exact_below=args.exact_below)
