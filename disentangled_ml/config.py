@@ -17,14 +17,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+# config is the bottom layer: from the package it imports only leaf modules without
+# TensorFlow (errors, pitch_bands, the version); tests/test_layering.py holds it to that.
+from disentangled_ml.errors import ConfigError
+
 DEFAULT_CONDITIONS: Tuple[str, ...] = ("genre", "mood", "instrument", "tempo")
 #: Conditions whose labels are sets of tags (a track may carry several, "|"-separated).
 TAG_CONDITIONS: Tuple[str, ...] = ("genre", "mood", "instrument")
 TRACK_CONDITION = "track"
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of range or inconsistent; the message names it."""
 
 
 #: Values of ``data.mining`` (see :mod:`disentangled_ml.losses`).
@@ -106,13 +106,15 @@ class FrontendConfig:
         """Pitch bands after the mel bands (0 when ``pitch_bands_per_octave`` is 0).
 
         madmom merges the log-spaced filters that fall on the same STFT bin, so the
-        count comes from building the filterbank (cached), not from a formula.
+        count comes from building the filterbank (cached, the one the frontend uses),
+        not from a formula.
         """
         if not self.pitch_bands_per_octave:
             return 0
-        from disentangled_ml.features import pitch_filterbank  # lazy: features imports TensorFlow
+        from disentangled_ml.pitch_bands import band_count  # lazy: numpy and madmom, no TensorFlow
 
-        return int(pitch_filterbank(self).shape[1])
+        return band_count(self.sample_rate, self.pitch_n_fft, self.pitch_bands_per_octave,
+                          self.pitch_fmin, self.pitch_fmax)
 
     @property
     def n_bands(self) -> int:

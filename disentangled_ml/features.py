@@ -26,7 +26,6 @@ Three entry points share one definition:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
@@ -35,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from disentangled_ml.config import ConfigError, FrontendConfig
+from disentangled_ml.pitch_bands import log_filterbank
 
 __all__ = ["mel_filterbank", "pitch_filterbank", "Filterbanks", "filterbanks",
            "filterbank_weight_shapes", "log_mel", "log_mel_librosa", "LogMelSpectrogram", "frontend_kwargs"]
@@ -73,7 +73,8 @@ def pitch_filterbank(cfg: FrontendConfig) -> Optional[np.ndarray]:
     madmom's ``LogarithmicFilterbank`` (triangular filters, ``pitch_bands_per_octave``
     an octave between ``pitch_fmin`` and ``pitch_fmax``, tuned to A4 = 440 Hz, each
     normalised to unit area, filters that land on the same STFT bin merged), on the
-    bins of a ``pitch_n_fft`` STFT. Cached: the config asks for its band count.
+    bins of a ``pitch_n_fft`` STFT. Built and cached by :mod:`disentangled_ml.pitch_bands`,
+    where the config counts its bands on the same matrix.
 
     Args:
         cfg: the frontend configuration.
@@ -87,28 +88,12 @@ def pitch_filterbank(cfg: FrontendConfig) -> Optional[np.ndarray]:
     """
     if not cfg.pitch_bands_per_octave:
         return None
-    return _pitch_filterbank(cfg.sample_rate, cfg.pitch_n_fft, cfg.pitch_bands_per_octave,
-                             cfg.pitch_fmin, cfg.pitch_fmax)
+    return log_filterbank(cfg.sample_rate, cfg.pitch_n_fft, cfg.pitch_bands_per_octave,
+                          cfg.pitch_fmin, cfg.pitch_fmax)
 
 
-@functools.lru_cache(maxsize=16)
-def _pitch_filterbank(sample_rate: int, n_fft: int, bands_per_octave: int, fmin: float, fmax: float) -> np.ndarray:
-    from madmom.audio.filters import LogarithmicFilterbank  # lazy: only needed at construction
-    from madmom.audio.stft import fft_frequencies
-
-    try:
-        fb = LogarithmicFilterbank(fft_frequencies(n_fft // 2 + 1, sample_rate), num_bands=bands_per_octave,
-                                   fmin=fmin, fmax=fmax, norm_filters=True, unique_filters=True)
-    except ValueError as e:
-        raise ConfigError(f"config values frontend.pitch_fmin={fmin}, pitch_fmax={fmax}, "
-                          f"pitch_bands_per_octave={bands_per_octave} give no pitch band ({e}); widen the range "
-                          "or set pitch_bands_per_octave=0.") from e
-    if fb.shape[1] == 0:
-        raise ConfigError(f"config values frontend.pitch_fmin={fmin}, pitch_fmax={fmax} give no pitch band; "
-                          "widen the range or set frontend.pitch_bands_per_octave=0.")
-    out = np.ascontiguousarray(np.asarray(fb), dtype=np.float32)
-    out.setflags(write=False)  # shared by every caller through the cache
-    return out
+#: The cached builder by its old name, which :mod:`disentangled_ml.models.harmony` imports.
+_pitch_filterbank = log_filterbank
 
 
 class Filterbanks(NamedTuple):
