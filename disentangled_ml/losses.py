@@ -35,7 +35,7 @@ In-batch mining (``"in_batch_all"``, ``"in_batch_hard"``)
 The training pipeline also sends what is known about each crop (its track, excerpt,
 crop start and labels), so every one of the ``N = 3B`` crops of a batch can be
 paired with every other under the same similarity rules as the sampler
-(:func:`disentangled_ml.data.mining.batch_pair_masks`). The loss then uses all the
+(:func:`disentangled_ml.pair_masks.batch_pair_masks`). The loss then uses all the
 triplets the labels allow instead of only the ``B`` that were sampled (Hermans et
 al. 2017, "In defense of the triplet loss"), at the cost of one ``[C + 1, N, N]``
 distance matrix per batch -- the network's forward pass is unchanged:
@@ -119,7 +119,7 @@ class MaskedTripletLoss(keras.layers.Layer):
         raw_embeddings: optional float32 ``[N, D]`` (or a list of such) un-normalised
             embeddings whose mean L2 norm is penalised by ``embed_norm``.
         pairs: for the in-batch modes, ``(pos, neg)`` bool ``[C + 1, 3B, 3B]`` from
-            :func:`disentangled_ml.data.mining.batch_pair_masks`, rows and columns in
+            :func:`disentangled_ml.pair_masks.batch_pair_masks`, rows and columns in
             the order anchors, positives, negatives. Without it an in-batch mode
             scores the sampled triplets, as ``"random"`` does.
         training: mining applies only when True.

@@ -7,9 +7,10 @@ import tensorflow as tf
 from disentangled_ml.config import ConfigError
 from disentangled_ml.data.labels import LabelTables
 from disentangled_ml.data.manifest import Track
-from disentangled_ml.data.mining import batch_pair_masks, mine_triplets, track_min_shift
+from disentangled_ml.data.mining import mine_triplets
 from disentangled_ml.data.pipeline import DecodeStats, training_dataset
 from disentangled_ml.features import log_mel
+from disentangled_ml.pair_masks import batch_pair_masks, track_min_shift
 from collections_for_tests import tiny_config, write_tracks
 
 

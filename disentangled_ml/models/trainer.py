@@ -30,10 +30,10 @@ import tensorflow as tf
 from keras import ops
 
 from disentangled_ml.config import Config, ConfigError
-from disentangled_ml.data.mining import batch_pair_masks, missing_crop_labels
 from disentangled_ml.losses import IN_BATCH_MODES, build_triplet_loss
 from disentangled_ml.models.embedding import EMBEDDING_OUTPUT, RAW_OUTPUT, build_embedding_model
 from disentangled_ml.models.masks import build_condition_masks
+from disentangled_ml.pair_masks import batch_pair_masks, missing_crop_labels
 
 log = logging.getLogger(__name__)
 
