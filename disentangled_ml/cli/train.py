@@ -6,21 +6,9 @@ import argparse
 import json
 
 from disentangled_ml.cli import CliError
+from disentangled_ml.cli.common import add_config_arguments, load_config
 
 HELP = "train on a prepared collection; rerun the same command to resume"
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, config_help: str,
-                         epochs_help: str = "maximum epochs (train.epochs; default from the config: 100)") -> None:
-    """--config, --set, --epochs, --steps-per-epoch and --batch-size, read back by :func:`load_config`."""
-    parser.add_argument("--config", metavar="CONFIG_JSON", help=config_help)
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value, e.g. --set loss.margin=0.2 --set model.backbone=resnet "
-                             "(repeatable; VALUE is parsed as JSON when it can be)")
-    parser.add_argument("--epochs", type=int, help=epochs_help)
-    parser.add_argument("--steps-per-epoch", type=int,
-                        help="training steps (batches of triplets) per epoch (train.steps_per_epoch; default 500)")
-    parser.add_argument("--batch-size", type=int, help="triplets per step (train.batch_size; default 32)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,63 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read training audio from these TFRecord shards (`dml prepare --cache-audio` wrote "
                              "them to PREPARED_DIR/audio, the default when present); any tf.io.gfile path, "
                              "e.g. gs://bucket/prepared/audio")
-
-
-def parse_overrides(items, args=None):
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CliError(f"--set {item!r} must look like SECTION.KEY=VALUE, e.g. loss.margin=0.2")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
-    if args is not None:
-        for flag, key in (("epochs", "train.epochs"), ("steps_per_epoch", "train.steps_per_epoch"),
-                          ("batch_size", "train.batch_size")):
-            if getattr(args, flag) is not None:
-                overrides[key] = getattr(args, flag)
-    return overrides
-
-
-def _warn_if_older(path: str) -> None:
-    """Say so when a prepared collection's config.json comes from an older minor version: it keeps
-    that version's network and schedule (Config.from_dict), which a user who upgraded may not expect."""
-    import json
-    import logging
-
-    from disentangled_ml import __version__
-    from disentangled_ml.config import saved_before
-
-    with open(path) as f:
-        saved = json.load(f).get("version")
-    older = saved_before(saved, tuple(int(p) for p in __version__.split(".")[:2]))
-    if older:
-        logging.getLogger(__name__).warning(
-            "%s was written by disentangled_ml %s, so this run keeps that version's defaults for what it does not "
-            "name (network, schedule); for %s's defaults, pass --config with a new config or delete that file.",
-            path, saved, __version__)
-
-
-def load_config(args):
-    import os
-
-    from disentangled_ml.config import Config, ConfigError
-
-    try:
-        if args.config:
-            cfg = Config.from_json(args.config)
-        elif os.path.isfile(os.path.join(args.prepared_dir, "config.json")):
-            prepared = os.path.join(args.prepared_dir, "config.json")
-            cfg = Config.from_json(prepared)
-            _warn_if_older(prepared)
-        else:
-            cfg = Config()
-        overrides = parse_overrides(args.set, args)
-        return cfg.replace(**overrides) if overrides else cfg
-    except ConfigError as e:
-        raise CliError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:

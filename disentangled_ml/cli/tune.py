@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from disentangled_ml.cli import CliError
-from disentangled_ml.cli.train import add_config_arguments
+from disentangled_ml.cli.common import add_config_arguments, load_config
 
 HELP = "hyperparameter search over lambda, margin and learning rate (resumable, distributable)"
 
@@ -95,7 +95,6 @@ def _widths(text):
 
 
 def run(args: argparse.Namespace) -> int:
-    from disentangled_ml.cli.train import load_config
     from disentangled_ml.config import ConfigError
     from disentangled_ml.data.manifest import ManifestError
     from disentangled_ml.tuning.hypermodel import SearchSpace
