@@ -36,6 +36,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from disentangled_ml.condition_views import ConditionViews, ConditionViewsError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["SearchError", "AudioItem", "list_audio", "load_export_embedder", "embed_file", "embed_collection",
@@ -417,7 +419,9 @@ class Catalogue:
         config: ``config.json`` (the export's, plus ``"catalogue"``).
         embeddings: float32 ``[N, D]`` track embeddings.
         rows: ``tracks.csv`` rows (``track_id``, ``path``, ``n_segments``, labels).
-        views: ``{name: view}`` for every condition and :data:`WHOLE`.
+        views: ``{name: view}`` for every condition and :data:`WHOLE` (``None``), the
+            view as :meth:`~disentangled_ml.condition_views.ConditionViews.view` gives it.
+        condition_views: the :class:`~disentangled_ml.condition_views.ConditionViews` of ``config``.
     """
 
     def __init__(self, path: str, exact_below: int = DEFAULT_EXACT_BELOW) -> None:
@@ -438,21 +442,12 @@ class Catalogue:
         self.index_of = {r["track_id"]: i for i, r in enumerate(self.rows)}
         self.views = self._views()
 
-    def _views(self) -> Dict[str, Tuple[str, Any]]:
-        cfg, dim = self.config, int(self.config["embedding_dim"])
-        mode = cfg.get("mask_mode", "fixed")
-        masks = cfg.get("condition_masks") or {}
-        views: Dict[str, Tuple[str, Any]] = {}
-        for name, (start, stop) in cfg["conditions"].items():
-            if mode == "learned":
-                if name not in masks:
-                    raise SearchError(f"{self.path}/config.json: mask_mode 'learned' but no condition_masks "
-                                      f"entry for {name!r}; re-export the model and re-embed.")
-                views[name] = ("mask", np.asarray(masks[name], np.float32))
-            else:
-                views[name] = ("slice", (int(start), int(stop)))
-        views[WHOLE] = ("slice", (0, dim))
-        return views
+    def _views(self) -> Dict[str, Any]:
+        try:
+            self.condition_views = ConditionViews.from_export_config(self.config)
+        except ConditionViewsError as e:
+            raise SearchError(f"{self.path}/config.json: {e}; re-export the model and re-embed.") from None
+        return {**self.condition_views.metric_views(), WHOLE: None}
 
     @property
     def conditions(self) -> List[str]:
@@ -463,9 +458,9 @@ class Catalogue:
         return len(self.rows)
 
     def project(self, x: np.ndarray, view: str) -> np.ndarray:
-        """The part of ``x`` (``[n, D]``) that ``view`` measures distances in."""
-        kind, v = self.views[view]
-        return x[:, v[0]:v[1]] if kind == "slice" else x * v[None, :]
+        """The part of ``x`` (``[n, D]``) that ``view`` measures distances in
+        (:meth:`~disentangled_ml.condition_views.ConditionViews.apply`; ``x`` itself for :data:`WHOLE`)."""
+        return x if view == WHOLE else self.condition_views.apply(x, view)
 
     def check_view(self, name: str) -> None:
         if name not in self.views:

@@ -1,5 +1,8 @@
 """TensorBoard embedding-projector files for each condition's sub-space.
 
+The sub-spaces are :class:`~disentangled_ml.condition_views.ConditionViews`': a
+fixed slice, a learned mask over the whole vector, or (no masks) the whole vector alone.
+
 Keras 3's ``TensorBoard(embeddings_freq=...)`` writes ``.weights.h5`` files that the
 projector cannot read and only knows ``Embedding`` layers (keras#20210), so the
 files are written here directly: a TF checkpoint holding only the embedding
@@ -17,11 +20,13 @@ without ``--load_fast``; ``tests/test_projector_tensorboard.py``).
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins import projector
+
+from disentangled_ml.condition_views import ConditionViews
 
 METADATA = "metadata.tsv"
 CHECKPOINT = "embeddings.ckpt"
@@ -41,9 +46,15 @@ def _tsv_cell(value: object) -> str:
     return str(value if value is not None else "").replace("\t", " ").replace("\n", " ")
 
 
-def write_projector(log_dir: str, embeddings: np.ndarray, slices: Mapping[str, Sequence[int]],
+def write_projector(log_dir: str, embeddings: np.ndarray,
+                    views: Union[ConditionViews, Mapping[str, Sequence[int]]],
                     metadata: Sequence[Mapping[str, object]]) -> Dict[str, str]:
-    """Write one projector tensor for the whole embedding and one per condition slice.
+    """Write one projector tensor for the whole embedding and one per condition view.
+
+    The condition tensors are ``views``' (:meth:`ConditionViews.apply`): each fixed
+    slice ``[N, stop - start]``; with learned masks the masked whole vector
+    ``embeddings * mask`` ``[N, D]``; without masks (``mask_mode="none"``) none at
+    all, since every condition is the whole embedding, which is shown once.
 
     ``log_dir`` becomes a TensorBoard run of its own (see the module's docstring), so
     ``tensorboard --logdir`` of it or of any folder above it shows the projector.
@@ -51,13 +62,19 @@ def write_projector(log_dir: str, embeddings: np.ndarray, slices: Mapping[str, S
     Args:
         log_dir: the projector's folder, e.g. ``RUN_DIR/tensorboard/projector``.
         embeddings: float32 [N, D].
-        slices: {condition: (start, stop)} embedding dimensions.
+        views: the run's :class:`~disentangled_ml.condition_views.ConditionViews`
+            (e.g. ``ConditionViews.from_run_dir(run_dir, config)``), or
+            ``{condition: (start, stop)}`` fixed slices.
         metadata: N dicts (e.g. track_id, genre, mood, instrument, tempo); the keys of
             the first row are the TSV columns.
     Returns:
-        {tensor name: checkpoint key} of the written tensors.
+        {tensor name: checkpoint key} of the written tensors: ``"whole"``, then the conditions.
     """
     embeddings = np.asarray(embeddings, np.float32)
+    if not isinstance(views, ConditionViews):
+        views = ConditionViews.from_slices(views, embeddings.shape[1])
+    if views.embedding_dim != embeddings.shape[1]:
+        raise ValueError(f"projector: {embeddings.shape[1]}-d embeddings but views of a {views.embedding_dim}-d one.")
     if len(metadata) != embeddings.shape[0]:
         raise ValueError(f"projector: {embeddings.shape[0]} embeddings but {len(metadata)} metadata rows.")
     os.makedirs(log_dir, exist_ok=True)
@@ -68,8 +85,9 @@ def write_projector(log_dir: str, embeddings: np.ndarray, slices: Mapping[str, S
             f.write("\t".join(_tsv_cell(row.get(c)) for c in columns) + "\n")
 
     tensors = {"whole": embeddings}
-    for name, (start, stop) in slices.items():
-        tensors[name] = embeddings[:, start:stop]
+    if views.mode != "none":
+        for name in views.names:
+            tensors[name] = views.apply(embeddings, name)
     variables = {name: tf.Variable(value, name=name, trainable=False) for name, value in tensors.items()}
     tf.train.Checkpoint(**variables).save(os.path.join(log_dir, CHECKPOINT))
 

@@ -33,6 +33,8 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
+from disentangled_ml.condition_views import ConditionViews
+
 log = logging.getLogger(__name__)
 
 __all__ = ["export_run", "DEFAULT_CALIBRATION_SEGMENTS", "DEFAULT_PARITY_SEGMENTS", "FORMAT_VERSION",
@@ -48,6 +50,12 @@ DEFAULT_PARITY_SEGMENTS = 100
 DEFAULT_MAX_TRIPLETS = 100
 #: Version of the export directory layout written to config.json.
 FORMAT_VERSION = 1
+#: config.json's "condition_outputs_note": what a condition output is, per mask mode.
+CONDITION_OUTPUTS_NOTE = {
+    "fixed": "its slice of the embedding",
+    "learned": "the whole embedding multiplied by the condition's learned mask (condition_masks)",
+    "none": "the whole embedding: one global space (mask_mode none)",
+}
 
 from disentangled_ml.export.parity import ParityError  # noqa: E402  (numpy only)
 from disentangled_ml.export.savedmodel import ExportError  # noqa: E402  (numpy only; TF is lazy)
@@ -368,16 +376,10 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
 
     # ---------------------------------------------------------------- config.json
     dim = cfg.conditions.embedding_dim
-    mode = cfg.model.mask_mode
-    if mode == "fixed":
-        conditions = {n: [h["start"], h["stop"]] for n, h in heads.items()}
-        note = "its slice of the embedding"
-    elif mode == "learned":
-        conditions = {n: [0, dim] for n in heads}
-        note = "the whole embedding multiplied by the condition's learned mask (condition_masks)"
-    else:
-        conditions = {n: [0, dim] for n in heads}
-        note = "the whole embedding: one global space (mask_mode none)"
+    views = ConditionViews.from_config(cfg, run.masks).to_export_config()
+    mode = views["mask_mode"]
+    conditions = views["conditions"]
+    note = CONDITION_OUTPUTS_NOTE[mode]
     config: Dict[str, Any] = {
         "format": "disentangled_ml.export", "format_version": FORMAT_VERSION,
         "sample_rate": fe.sample_rate, "segment_seconds": fe.segment_seconds,
@@ -406,8 +408,8 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
         "parity_passed": not failures,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if mode == "learned":
-        config["condition_masks"] = {n: [float(v) for v in h["mask"]] for n, h in heads.items()}
+    if "condition_masks" in views:
+        config["condition_masks"] = views["condition_masks"]
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
         f.write("\n")

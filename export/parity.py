@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from disentangled_ml.condition_views import ConditionViews
 from disentangled_ml.config import TRACK_CONDITION, Config
 
 log = logging.getLogger(__name__)
@@ -142,13 +143,10 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
 
 def condition_views(config: Config, masks: np.ndarray) -> Dict[str, Any]:
     """``{condition: view}`` for :func:`disentangled_ml.evaluation.metrics.triplet_accuracy`:
-    the slice (fixed), the mask row (learned) or None (no masks, and ``track``)."""
-    mode = config.model.mask_mode
-    views: Dict[str, Any] = {}
-    for i, (name, sl) in enumerate(config.conditions.slices.items()):
-        views[name] = sl if mode == "fixed" else (np.asarray(masks[i], np.float32) if mode == "learned" else None)
-    views[TRACK_CONDITION] = None
-    return views
+    the slice (fixed), the mask row (learned) or None (no masks), from
+    :class:`~disentangled_ml.condition_views.ConditionViews`; and None for ``track``
+    (track triplets are scored on the whole embedding)."""
+    return {**ConditionViews.from_config(config, masks).metric_views(), TRACK_CONDITION: None}
 
 
 def triplet_accuracies(triplets: Sequence[Mapping[str, Any]], audio: Mapping[str, np.ndarray], config: Config,

@@ -32,6 +32,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from disentangled_ml.condition_views import MASKS_FILE, ConditionViews
 from disentangled_ml.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def load_run(path: str) -> LoadedRun:
         raise ExportError(f"{model_path}: the model takes {waveform_model.input_shape}, the config's segment is "
                           f"{expected_in}.")
 
-    mask_path = os.path.join(run_dir, "masks.npy")
+    mask_path = os.path.join(run_dir, MASKS_FILE)
     if masks is None and os.path.isfile(mask_path):
         masks = np.load(mask_path).astype(np.float32)
     if masks is None:
@@ -190,7 +191,8 @@ def load_run(path: str) -> LoadedRun:
 
 
 def condition_heads(config: Config, masks: np.ndarray) -> Dict[str, Dict[str, Any]]:
-    """How each condition output is cut from the embedding.
+    """How each condition output is cut from the embedding: the run's
+    :class:`~disentangled_ml.condition_views.ConditionViews` as graph-building recipes.
 
     Returns:
         ``{condition: head}`` in ``config.conditions.names`` order, where head is
@@ -198,13 +200,13 @@ def condition_heads(config: Config, masks: np.ndarray) -> Dict[str, Dict[str, An
         ``{"kind": "masked", "mask": float32 [D]}`` (learned) or
         ``{"kind": "whole"}`` (no masks).
     """
-    mode = config.model.mask_mode
+    views = ConditionViews.from_config(config, masks)
     heads: Dict[str, Dict[str, Any]] = {}
-    for i, (name, (start, stop)) in enumerate(config.conditions.slices.items()):
-        if mode == "fixed":
+    for name, (start, stop) in views.slices.items():
+        if views.mode == "fixed":
             heads[name] = {"kind": "slice", "start": start, "stop": stop}
-        elif mode == "learned":
-            heads[name] = {"kind": "masked", "mask": np.asarray(masks[i], np.float32)}
+        elif views.mode == "learned":
+            heads[name] = {"kind": "masked", "mask": views.weight(name)}
         else:
             heads[name] = {"kind": "whole"}
     return heads

@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from disentangled_ml.condition_views import ConditionViews, ConditionViewsError
 from disentangled_ml.config import TRACK_CONDITION, Config, ConfigError
 from disentangled_ml.data.eval_triplets import ROLES
 from disentangled_ml.data.manifest import Track
@@ -112,6 +113,9 @@ class DecodedAudio(Mapping):
 def condition_views(config: Config, masks: Optional[np.ndarray] = None) -> Tuple[Dict[str, View], Dict[str, View]]:
     """The sub-space each condition is scored in, and the disentanglement columns.
 
+    The views are :class:`~disentangled_ml.condition_views.ConditionViews`'s
+    (:meth:`~disentangled_ml.condition_views.ConditionViews.metric_views`).
+
     Args:
         config: ``model.mask_mode`` and ``conditions``.
         masks: the learned ``[C (+ 1), D]`` mask matrix; required for ``"learned"``.
@@ -120,23 +124,21 @@ def condition_views(config: Config, masks: Optional[np.ndarray] = None) -> Tuple
         ``(views, columns)``, both ``{condition: view}``: ``"fixed"`` gives the slices
         for both; ``"none"`` scores on the whole embedding (views of ``None``) with the
         nominal slices as columns; ``"learned"`` uses the mask rows for both.
+
+    Raises:
+        EvaluationError: ``"learned"`` without ``masks``, or ``masks`` of the wrong shape.
     """
-    names = config.conditions.names
-    slices: Dict[str, View] = dict(config.conditions.slices)
-    mode = config.model.mask_mode
-    if mode == "fixed":
-        return slices, slices
-    if mode == "none":
-        return {n: None for n in names}, slices
-    if masks is None:
-        raise EvaluationError("model.mask_mode='learned' has no fixed slices: the learned mask matrix is needed "
-                              "(RUN_DIR/masks.npy, float32 [conditions (+1 track row), embedding_dim]).")
-    masks = np.asarray(masks, np.float32)
-    if masks.ndim != 2 or masks.shape[0] < len(names) or masks.shape[1] != config.conditions.embedding_dim:
-        raise EvaluationError(f"the learned mask matrix has shape {masks.shape}; expected [{len(names)} or "
-                              f"{len(names) + 1}, {config.conditions.embedding_dim}].")
-    learned = {n: masks[i] for i, n in enumerate(names)}
-    return learned, learned
+    try:
+        return _views_and_columns(ConditionViews.from_config(config, masks))
+    except ConditionViewsError as e:
+        raise EvaluationError(str(e)) from None
+
+
+def _views_and_columns(views: ConditionViews) -> Tuple[Dict[str, View], Dict[str, View]]:
+    """``(views, columns)`` of :func:`condition_views`: without masks the disentanglement matrix
+    still shows what each nominal slice carries."""
+    scored = views.metric_views()
+    return scored, (dict(views.slices) if views.mode == "none" else scored)
 
 
 def segment_starts(num_samples: int, segment_samples: int, max_segments: int) -> np.ndarray:
@@ -463,7 +465,10 @@ def _check_embedder(embedder: Embedder, config: Config, who: str, dim: Optional[
 
 
 def _export_views(export_config: Mapping[str, Any], config: Config, model_path: str) -> Optional[Dict[str, View]]:
-    """Slices from an export's ``config.json`` (docs/design.md, contract 2), checked against the run's config."""
+    """Views from an export's ``config.json`` (docs/design.md, contract 2), checked against the run's config.
+
+    Returns None when the config lists no ``[start, stop]`` conditions (and no learned masks).
+    """
     fe = config.frontend
     sr, seconds = export_config.get("sample_rate"), export_config.get("segment_seconds")
     if sr is not None and int(sr) != fe.sample_rate:
@@ -472,25 +477,22 @@ def _export_views(export_config: Mapping[str, Any], config: Config, model_path: 
     if seconds is not None and abs(float(seconds) - fe.segment_seconds) > 1e-6:
         raise EvaluationError(f"{model_path}: the export takes {seconds} s segments but the run's config uses "
                               f"{fe.segment_seconds} s.")
-    learned = export_config.get("condition_masks")
-    if export_config.get("mask_mode") == "learned" and isinstance(learned, Mapping):
-        missing = set(config.conditions.names) - set(learned)
-        if missing:
-            raise EvaluationError(f"{model_path}: the export's config.json has no learned mask for condition(s) "
-                                  f"{sorted(missing)} of the run.")
-        # learned sub-spaces are masks over the whole embedding, not contiguous slices
-        return {n: np.asarray(learned[n], np.float32) for n in config.conditions.names}
+    learned = export_config.get("mask_mode") == "learned" and isinstance(export_config.get("condition_masks"), Mapping)
     conds = export_config.get("conditions")
     # Contract 2 writes {"genre": [0, 64], ...}; anything else (e.g. a nested Config) gives no slices.
-    slices = {n: v for n, v in conds.items() if isinstance(v, (list, tuple)) and len(v) == 2} \
-        if isinstance(conds, Mapping) else {}
-    if not slices:
+    if not learned and not (isinstance(conds, Mapping) and
+                            any(isinstance(v, (list, tuple)) and len(v) == 2 for v in conds.values())):
         return None
-    missing = set(config.conditions.names) - set(slices)
+    try:
+        views = ConditionViews.from_export_config(export_config)
+    except ConditionViewsError as e:
+        raise EvaluationError(f"{model_path}: the export's config.json: {e}") from None
+    missing = set(config.conditions.names) - set(views.names)
     if missing:
-        raise EvaluationError(f"{model_path}: the export's config.json has no slice for condition(s) "
+        what = "learned mask" if views.mode == "learned" else "slice"
+        raise EvaluationError(f"{model_path}: the export's config.json has no {what} for condition(s) "
                               f"{sorted(missing)} of the run.")
-    return {n: (int(slices[n][0]), int(slices[n][1])) for n in config.conditions.names}
+    return {n: views.view(n) for n in config.conditions.names}
 
 
 def evaluate_run(run_dir: str, prepared_dir: str, split: str = "test", baselines: bool = True, *,
@@ -568,14 +570,10 @@ def evaluate_run(run_dir: str, prepared_dir: str, split: str = "test", baselines
     model_path = model_path or os.path.join(run_dir, "embedding.keras")
     embedder, kind, export_config = load_embedder(model_path, batch_size=batch_size, config=config)
     _check_embedder(embedder, config, f"model {model_path}", dim)
-    masks = None
-    if config.model.mask_mode == "learned":
-        mask_path = os.path.join(run_dir, "masks.npy")
-        if not os.path.isfile(mask_path):
-            raise EvaluationError(f"{mask_path} does not exist: a run with learned masks needs its mask matrix "
-                                  "to score the condition sub-spaces.")
-        masks = np.load(mask_path)
-    views, columns = condition_views(config, masks)
+    try:
+        views, columns = _views_and_columns(ConditionViews.from_run_dir(run_dir, config))
+    except ConditionViewsError as e:
+        raise EvaluationError(str(e)) from None
     if kind == "saved_model":
         views = _export_views(export_config, config, model_path) or views
         columns = views if config.model.mask_mode != "none" else columns

@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional
 import keras
 from keras import ops
 
+from disentangled_ml.condition_views import ConditionViews
 from disentangled_ml.config import Config, ConfigError
 from disentangled_ml.models.backbones import build_backbone
 
@@ -115,6 +116,8 @@ def add_frontend(cfg: Config, embedding_model: keras.Model, name: Optional[str] 
 def slice_outputs(cfg: Config, embedding, masks=None) -> Dict[str, Any]:
     """The per-condition views of an embedding: ``{condition: tensor}``.
 
+    The views are :class:`disentangled_ml.condition_views.ConditionViews`'s.
+
     Args:
         cfg: the configuration (``conditions``, ``model.mask_mode``).
         embedding: ``[batch, embedding_dim]`` (numpy array, tensor or symbolic
@@ -128,13 +131,8 @@ def slice_outputs(cfg: Config, embedding, masks=None) -> Dict[str, Any]:
           export contract: distances are Euclidean on a condition's slice);
         * ``"none"``: the whole embedding for every condition;
         * ``"learned"``: ``embedding * masks[c]``, ``[batch, embedding_dim]``.
+
+    Raises:
+        ConfigError: ``"learned"`` without ``masks`` (or with a misshapen matrix).
     """
-    mode = cfg.model.mask_mode
-    if mode == "fixed":
-        return {n: embedding[:, start:stop] for n, (start, stop) in cfg.conditions.slices.items()}
-    if mode == "none":
-        return {n: embedding for n in cfg.conditions.names}
-    if masks is None:
-        raise ConfigError("slice_outputs: model.mask_mode='learned' has no fixed slices; pass the trained "
-                          "mask matrix (TripletModel.masks.mask_matrix()).")
-    return {n: embedding * masks[i] for i, n in enumerate(cfg.conditions.names)}
+    return ConditionViews.from_config(cfg, masks).apply_all(embedding)
