@@ -8,7 +8,10 @@ only moves the moment it bites). From them we build the graph of modules and req
 * no cycle between modules, except the edges named in :data:`KNOWN_EDGES`, each with
   the reason it is still there; a new cycle fails with the modules it runs through;
 * ``disentangled_ml.config`` (the bottom layer: every stage reads it) imports no other
-  module of the package except the few leaf modules in :data:`CONFIG_MAY_IMPORT`.
+  module of the package except the few leaf modules in :data:`CONFIG_MAY_IMPORT`;
+* the edges issue 15 removed stay removed (:data:`SEPARATED`): the model and loss side
+  does not reach into the data side's miner, one CLI subcommand does not import
+  another, and nothing but ``dml prepare`` imports the preparer.
 
 An import names the module it loads: ``from disentangled_ml.data import mining`` is an
 edge to ``disentangled_ml.data.mining``, ``from disentangled_ml.models import X`` (a name
@@ -61,6 +64,24 @@ CONFIG_MAY_IMPORT = frozenset({
     f"{PACKAGE}.errors",  # ConfigError
     f"{PACKAGE}.pitch_bands",  # the pitch band count (numpy and madmom)
 })
+
+
+#: ``(importers, imported, exempt, why)``: no module in ``importers`` imports one in
+#: ``imported`` (each a module, or a package and everything in it); ``exempt`` names
+#: modules let through on either side.
+SEPARATED = [
+    (("disentangled_ml.models", "disentangled_ml.losses", "disentangled_ml.pair_masks"),
+     ("disentangled_ml.data.mining",), (),
+     "the model and the loss read the pair masks from disentangled_ml.pair_masks, not from the data side's miner"),
+    (("disentangled_ml.cli",), ("disentangled_ml.cli",), ("disentangled_ml.cli", "disentangled_ml.cli.common"),
+     "a CLI subcommand imports no other subcommand: shared helpers are in disentangled_ml.cli.common"),
+    (("disentangled_ml",), ("disentangled_ml.data.prepare",), ("disentangled_ml.cli.prepare",),
+     "readers of prepared shards take the schema from disentangled_ml.data.shards, not from the preparer"),
+]
+
+
+def _under(module: str, names) -> bool:
+    return any(module == n or module.startswith(n + ".") for n in names)
 
 
 def package_modules() -> Dict[str, Path]:
@@ -236,3 +257,13 @@ def test_config_imports_only_leaf_modules():
     for leaf in CONFIG_MAY_IMPORT:
         heavy = set(graph[leaf]) - CONFIG_MAY_IMPORT
         assert not heavy, f"{leaf}, which config.py may import, imports {sorted(heavy)}"
+
+
+def test_separated_layers_stay_apart():
+    graph = import_graph()
+    found = [f"{a} (line {line}) -> {b}: {why}"
+             for importers, imported, exempt, why in SEPARATED
+             for a, targets in graph.items() if _under(a, importers) and a not in exempt
+             for b, line in targets.items() if _under(b, imported) and b not in exempt]
+    report = "\n  ".join(found)
+    assert not found, f"imports across layers that issue 15 separated:\n  {report}"

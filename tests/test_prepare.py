@@ -21,9 +21,8 @@ from disentangled_ml import audio_io
 from disentangled_ml.cli import CliError
 from disentangled_ml.config import Config
 from disentangled_ml.data.manifest import Track, read_manifest
-from disentangled_ml.data.prepare import (
-    INT16_SCALE, PrepareError, format_label_report, label_report, parse_audio_example, prepare_collection, run_jobs,
-)
+from disentangled_ml.data.prepare import PrepareError, format_label_report, label_report, prepare_collection, run_jobs
+from disentangled_ml.data.shards import INT16_SCALE, parse_audio_example
 from collections_for_tests import process_timeout
 
 SR = 22050
@@ -336,6 +335,10 @@ def test_cache_audio_shards_round_trip(tmp_path):
     assert s.audio_shards == ["audio/audio-00000-of-00002.tfrecord", "audio/audio-00001-of-00002.tfrecord"]
     index = json.load(open(out / "audio" / "index.json"))
     assert index["sample_rate"] == SR and [sh["num_records"] for sh in index["shards"]] == [1, 2]
+    # the schema readers of earlier versions expect (disentangled_ml.data.shards)
+    assert {k: index[k] for k in ("format", "dtype", "byte_order", "int16_scale", "features")} == {
+        "format": "tfrecord", "dtype": "int16", "byte_order": "little", "int16_scale": 32767.0,
+        "features": {"track_id": "bytes", "audio": "bytes (int16 PCM)", "num_samples": "int64"}}
     files = [str(out / p) for p in s.audio_shards]
     records = {r["track_id"].numpy().decode(): r["audio"].numpy()
                for r in tf.data.TFRecordDataset(files).map(parse_audio_example)}

@@ -36,7 +36,6 @@ triplets of a batch come from one pool, so ``crop_excerpt`` identifies an excerp
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Dict, Optional, Sequence
@@ -49,6 +48,7 @@ from disentangled_ml.config import Config, ConfigError
 from disentangled_ml.data.labels import LabelTables
 from disentangled_ml.data.manifest import Track
 from disentangled_ml.data.mining import condition_mix, crop_labels, mine_triplets
+from disentangled_ml.data.shards import audio_features, read_audio_index
 from disentangled_ml.features import filterbanks, log_mel
 
 log = logging.getLogger(__name__)
@@ -89,33 +89,9 @@ class DecodeStats:
                 "skipped": self.skipped}
 
 
-def read_audio_index(audio_dir: str) -> Dict:
-    """The ``index.json`` of the audio shards written by ``dml prepare --cache-audio``.
-
-    ``audio_dir`` may be any ``tf.io.gfile`` path (local, ``gs://``, ``hdfs://``, ...).
-    Raises :class:`ConfigError` when it is missing or not a shard index.
-    """
-    if "://" in audio_dir and not audio_dir.startswith(("gs://", "ram://", "file://")):
-        import tensorflow_io  # noqa: F401 - registers its filesystems (s3://, hdfs://, az://, ...)
-    path = audio_dir.rstrip("/") + "/index.json"
-    if not tf.io.gfile.exists(path):
-        raise ConfigError(f"{audio_dir} holds no index.json; write the shards with "
-                          "`dml prepare MANIFEST --out DIR --cache-audio` and point at DIR/audio.")
-    with tf.io.gfile.GFile(path) as f:
-        try:
-            index = json.load(f)
-        except ValueError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); rerun `dml prepare --cache-audio`.") from None
-    if index.get("format") != "tfrecord" or index.get("dtype") != "int16" or "shards" not in index:
-        raise ConfigError(f"{path} is not an int16 TFRecord audio index; rerun `dml prepare --cache-audio`.")
-    return index
-
-
 def _sharded_tracks(tracks: Sequence[Track], rows: Sequence[int], config: Config, stats: Optional[DecodeStats],
                     audio_dir: str) -> Optional[tf.data.Dataset]:
     """:func:`decoded_tracks` read from the TFRecord audio shards, or None when they do not fit this run."""
-    from disentangled_ml.data.prepare import audio_features
-
     index = read_audio_index(audio_dir)
     sr = config.frontend.sample_rate
     if int(index.get("sample_rate", -1)) != sr:

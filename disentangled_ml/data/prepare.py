@@ -63,7 +63,7 @@ Outputs in ``out_dir``:
 * ``manifest_problems.csv``: ``line, track_id, path, problem``, the manifest's bad
   rows (``path`` as written in the manifest), when there are any.
 * ``audio/`` (``cache_audio=True``): the decoded audio as TFRecord shards, see
-  :func:`parse_audio_example`.
+  :mod:`disentangled_ml.data.shards`.
 * ``cache/``: the per-file cache (a small JSON per file, plus the file's int16
   audio as ``.npy`` with ``cache_audio``, from which the shards are packed, so
   the audio is stored twice); delete it to force a full re-analysis.
@@ -95,6 +95,9 @@ from disentangled_ml.data.manifest import (
     ManifestError, ManifestProblem, Track, check_manifest, format_problems, resolve_path, tag_conditions,
     write_manifest,
 )
+from disentangled_ml.data.shards import (
+    INDEX_FILE, INT16_SCALE, audio_example, is_shard_name, new_index, shard_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +120,6 @@ MANIFEST_PROBLEM_COLUMNS = ("line", "track_id", "path", "problem")
 #: 2: WAV/FLAC sample types come from libsndfile (32-bit integer WAV, once accepted as
 #: float32 and decoded to NaN, is now rejected).
 CACHE_FORMAT = 2
-#: Scale between float samples in [-1, 1] and the int16 of the audio cache.
-INT16_SCALE = 32767.0
 #: Tracks per TFRecord shard when ``shards`` is not given.
 TRACKS_PER_SHARD = 256
 TEMPO = "tempo"
@@ -533,31 +534,6 @@ def format_label_report(report: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- the decoded-audio cache
 
-def audio_features() -> Dict[str, Any]:
-    """``tf.io.parse_single_example`` spec of the audio records.
-
-    ``track_id``: bytes; ``audio``: little-endian int16 PCM bytes, mono, at
-    ``index.json``'s ``sample_rate``; divide by :data:`INT16_SCALE` for [-1, 1];
-    ``num_samples``: int64.
-    """
-    import tensorflow as tf
-
-    return {
-        "track_id": tf.io.FixedLenFeature([], tf.string),
-        "audio": tf.io.FixedLenFeature([], tf.string),
-        "num_samples": tf.io.FixedLenFeature([], tf.int64),
-    }
-
-
-def parse_audio_example(serialized):
-    """Graph-mode parser of one audio record: ``{"track_id": tf.string [], "audio": tf.float32 [num_samples]}``."""
-    import tensorflow as tf
-
-    ex = tf.io.parse_single_example(serialized, audio_features())
-    audio = tf.cast(tf.io.decode_raw(ex["audio"], tf.int16, little_endian=True), tf.float32) / INT16_SCALE
-    return {"track_id": ex["track_id"], "audio": audio}
-
-
 def _write_audio_shards(out_dir: str, cache_dir: str, tracks: Sequence[Tuple[Track, str]], shards: Optional[int],
                         params: Mapping[str, Any]) -> List[str]:
     """Pack the cached int16 audio of the accepted tracks into TFRecord shards, one track at a time."""
@@ -567,31 +543,22 @@ def _write_audio_shards(out_dir: str, cache_dir: str, tracks: Sequence[Tuple[Tra
     os.makedirs(audio_dir, exist_ok=True)
     n = len(tracks)
     num_shards = 0 if n == 0 else min(n, shards or math.ceil(n / TRACKS_PER_SHARD))
-    index: Dict[str, Any] = {
-        "format": "tfrecord", "sample_rate": params["sample_rate"], "dtype": "int16", "byte_order": "little",
-        "int16_scale": INT16_SCALE, "features": {"track_id": "bytes", "audio": "bytes (int16 PCM)",
-                                                 "num_samples": "int64"}, "shards": [],
-    }
+    index = new_index(params["sample_rate"])
     names = []
     for s in range(num_shards):
-        name = f"audio-{s:05d}-of-{num_shards:05d}.tfrecord"
+        name = shard_name(s, num_shards)
         part = tracks[s * n // num_shards:(s + 1) * n // num_shards]
         tmp = os.path.join(audio_dir, f".tmp-{uuid.uuid4().hex}-{name}")
         with tf.io.TFRecordWriter(tmp) as writer:
             for track, key in part:
-                pcm = np.load(_entry_paths(cache_dir, key)[1])
-                writer.write(tf.train.Example(features=tf.train.Features(feature={
-                    "track_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[track.track_id.encode()])),
-                    "audio": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pcm.astype("<i2").tobytes()])),
-                    "num_samples": tf.train.Feature(int64_list=tf.train.Int64List(value=[pcm.shape[0]])),
-                })).SerializeToString())
+                writer.write(audio_example(track.track_id, np.load(_entry_paths(cache_dir, key)[1])))
         os.replace(tmp, os.path.join(audio_dir, name))
         names.append(name)
         index["shards"].append({"path": name, "num_records": len(part), "track_ids": [t.track_id for t, _ in part]})
     for old in os.listdir(audio_dir):  # shards of an earlier run with another shard count
-        if old.startswith("audio-") and old.endswith(".tfrecord") and old not in names:
+        if is_shard_name(old) and old not in names:
             os.unlink(os.path.join(audio_dir, old))
-    _atomic_write(os.path.join(audio_dir, "index.json"), lambda f: json.dump(index, f, indent=2))
+    _atomic_write(os.path.join(audio_dir, INDEX_FILE), lambda f: json.dump(index, f, indent=2))
     return [os.path.join("audio", name) for name in names]
 
 
