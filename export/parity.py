@@ -18,6 +18,7 @@ otherwise. The quantised variants are reported, not enforced.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -29,7 +30,7 @@ from disentangled_ml.config import TRACK_CONDITION, Config
 log = logging.getLogger(__name__)
 
 __all__ = ["FLOAT_TOLERANCE", "ENFORCED", "ParityError", "audio_like_segments", "split_segments", "compare",
-           "condition_views", "triplet_accuracies", "check_parity"]
+           "condition_views", "triplet_accuracies", "output_parity", "first_per_condition", "check_parity"]
 
 #: Largest absolute difference a float32 variant may show against Keras (any output).
 FLOAT_TOLERANCE = 1e-4
@@ -197,6 +198,81 @@ def triplet_accuracies(triplets: Sequence[Mapping[str, Any]], audio: Mapping[str
         result["accuracy"][v] = {c: triplet_accuracy(a[condition == c], p[condition == c], n[condition == c],
                                                      dims=views[c]) for c in names}
     return result
+
+
+def output_parity(run: Any, heads: Mapping[str, Mapping[str, Any]], saved_model_dir: str, out_dir: str,
+                  variants: Sequence[Any], segments: np.ndarray, batch_size: int = 64
+                  ) -> Tuple[Dict[str, Any], Dict[str, Callable[[np.ndarray], np.ndarray]]]:
+    """Every variant's outputs against the Keras model's on the same waveform segments.
+
+    Args:
+        run: the :class:`~disentangled_ml.export.savedmodel.LoadedRun` the export came from.
+        heads: its condition outputs (:func:`~disentangled_ml.export.savedmodel.condition_heads`).
+        saved_model_dir: the export's SavedModel (both signatures are compared).
+        out_dir: the export directory holding each variant's ``.tflite`` file.
+        variants: the :class:`~disentangled_ml.export.tflite.TFLiteVariant` s written.
+        segments: float32 ``[n, segment_samples]``.
+        batch_size: segments per call.
+
+    Returns:
+        ``(report, embedders)``: ``{variant: {"file", ["signature"], **compare(...)}}`` for
+        ``saved_model``, ``saved_model_log_mel`` and each ``.tflite`` file; and
+        ``{"keras", "saved_model", <variant>...: f(waveforms [b, samples]) -> embeddings [b, D]}``
+        for the triplet scoring (:func:`triplet_accuracies`).
+    """
+    import tensorflow as tf
+
+    from disentangled_ml.export import savedmodel as sm
+    from disentangled_ml.export import tflite as tfl
+    from disentangled_ml.features import log_mel
+
+    fe = run.config.frontend
+    wf = run.waveform_model
+
+    def keras_embed(x):
+        return np.concatenate([np.asarray(wf.predict_on_batch(x[i:i + batch_size])[sm.EMBEDDING_OUTPUT])
+                               for i in range(0, len(x), batch_size)])
+
+    ref = {k: np.asarray(v, np.float64) for k, v in sm.apply_heads(keras_embed(segments), heads).items()}
+    loaded = tf.saved_model.load(saved_model_dir)
+    serve, from_mel = loaded.signatures[sm.SERVING_SIGNATURE], loaded.signatures[sm.MEL_SIGNATURE]
+
+    def saved_model_all(x, fn=serve, key=sm.AUDIO_INPUT):
+        parts = [fn(**{key: tf.constant(x[i:i + batch_size])}) for i in range(0, len(x), batch_size)]
+        return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
+
+    mel = log_mel(segments, fe).numpy()
+    ref_mel = {k: np.asarray(v, np.float64) for k, v in sm.apply_heads(np.concatenate(
+        [np.asarray(run.mel_model.predict_on_batch(mel[i:i + batch_size])[sm.EMBEDDING_OUTPUT])
+         for i in range(0, len(mel), batch_size)]), heads).items()}
+    report: Dict[str, Any] = {
+        "saved_model": {"file": "saved_model", "signature": sm.SERVING_SIGNATURE, **compare(ref, saved_model_all(segments))},
+        "saved_model_log_mel": {"file": "saved_model", "signature": sm.MEL_SIGNATURE,
+                                **compare(ref_mel, saved_model_all(mel, from_mel, sm.MEL_INPUT))},
+    }
+    tfl_embedders = {}
+    for v in variants:
+        emb = tfl.TFLiteEmbedder(os.path.join(out_dir, v.filename), batch_size=batch_size, outputs="all")
+        report[v.name] = {"file": v.filename, **compare(ref, emb.run(segments))}
+        # every core for the scoring: LiteRT's outputs are the same with 1 or 2 threads (measured)
+        tfl_embedders[v.name] = tfl.TFLiteEmbedder(os.path.join(out_dir, v.filename), batch_size=batch_size,
+                                                   num_threads=os.cpu_count())
+    embedders = {"keras": keras_embed,
+                 "saved_model": lambda x: saved_model_all(x)[sm.EMBEDDING_OUTPUT], **tfl_embedders}
+    return report, embedders
+
+
+def first_per_condition(triplets: Sequence[Mapping[str, Any]], max_triplets: Optional[int]) -> List[Mapping[str, Any]]:
+    """The first ``max_triplets`` triplets of each condition, in file order (all of them for None or 0)."""
+    if not max_triplets:
+        return list(triplets)
+    seen: Dict[str, int] = {}
+    kept = []
+    for t in triplets:
+        seen[t["condition"]] = seen.get(t["condition"], 0) + 1
+        if seen[t["condition"]] <= max_triplets:
+            kept.append(t)
+    return kept
 
 
 def check_parity(report: Mapping[str, Any], tolerance: Optional[float] = None) -> List[str]:
