@@ -200,10 +200,11 @@ class ConditionViews:
         i = self._index(name)
         if self.mode == "learned":
             return self.masks[i].copy()
-        w = np.zeros(self.embedding_dim, np.float32) if self.mode == "fixed" else np.ones(self.embedding_dim, np.float32)
-        if self.mode == "fixed":
-            start, stop = self.slices[name]
-            w[start:stop] = 1.0
+        if self.mode == "none":
+            return np.ones(self.embedding_dim, np.float32)
+        w = np.zeros(self.embedding_dim, np.float32)
+        start, stop = self.slices[name]
+        w[start:stop] = 1.0
         return w
 
     def weights(self) -> Dict[str, np.ndarray]:
