@@ -311,12 +311,15 @@ def plot_history(history_csv: str, out_png: str) -> None:
 def write_validation_projector(run_dir: str, embedding_model: keras.Model, tracks: Sequence[Track],
                                rows: Sequence[int], config: Config, segments_per_track: int = 4,
                                decoded: Optional[Dict[str, np.ndarray]] = None) -> str:
-    """Projector run over validation segments: whole embedding and every condition slice.
+    """Projector run over validation segments: the whole embedding and every condition's view
+    (its slice, its learned mask times the embedding, or nothing more without masks;
+    :class:`~disentangled_ml.condition_views.ConditionViews` from the run's config and ``masks.npy``).
 
     ``decoded``: {track_id: waveform} already in memory (the validation triplets' audio),
     so those tracks are not decoded a second time.
     """
     from disentangled_ml.audio_io import AudioDecodeError, load_audio
+    from disentangled_ml.condition_views import ConditionViews
     from disentangled_ml.projector import write_projector
 
     fe = config.frontend
@@ -339,7 +342,7 @@ def write_validation_projector(run_dir: str, embedding_model: keras.Model, track
     emb = embedding_model.predict(np.stack(crops), batch_size=64, verbose=0)
     emb = emb["embedding"] if isinstance(emb, dict) else emb
     out = os.path.join(run_dir, "tensorboard", "projector")
-    write_projector(out, emb, config.conditions.slices, meta)
+    write_projector(out, emb, ConditionViews.from_run_dir(run_dir, config), meta)
     return out
 
 
