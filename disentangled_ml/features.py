@@ -92,9 +92,6 @@ def pitch_filterbank(cfg: FrontendConfig) -> Optional[np.ndarray]:
                           cfg.pitch_fmin, cfg.pitch_fmax)
 
 
-#: The cached builder by its old name, which :mod:`disentangled_ml.models.harmony` imports.
-_pitch_filterbank = log_filterbank
-
 
 class Filterbanks(NamedTuple):
     """The frontend's constant matrices, each trimmed to the FFT bins it weights.

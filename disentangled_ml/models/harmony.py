@@ -44,6 +44,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from disentangled_ml.pitch_bands import log_filterbank  # the frontend's own (cached) filterbank
+
 __all__ = ["PITCH_CLASSES", "PitchClassProfile", "CircularTemplates", "chroma_folding"]
 
 #: Pitch classes a profile has (C = 0, ..., B = 11).
@@ -113,13 +115,11 @@ class PitchClassProfile(keras.layers.Layer):
     def __init__(self, band_offset: int, sample_rate: int, pitch_n_fft: int, pitch_bands_per_octave: int,
                  pitch_fmin: float, pitch_fmax: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from disentangled_ml.features import _pitch_filterbank  # the frontend's own (cached) filterbank
-
         self.band_offset = int(band_offset)
         self.pitch = dict(sample_rate=int(sample_rate), pitch_n_fft=int(pitch_n_fft),
                           pitch_bands_per_octave=int(pitch_bands_per_octave), pitch_fmin=float(pitch_fmin),
                           pitch_fmax=float(pitch_fmax))
-        bank = _pitch_filterbank(self.pitch["sample_rate"], self.pitch["pitch_n_fft"],
+        bank = log_filterbank(self.pitch["sample_rate"], self.pitch["pitch_n_fft"],
                                  self.pitch["pitch_bands_per_octave"], self.pitch["pitch_fmin"], self.pitch["pitch_fmax"])
         bins = np.arange(bank.shape[0]) * self.pitch["sample_rate"] / self.pitch["pitch_n_fft"]
         self._folding = chroma_folding(bank, bins)
