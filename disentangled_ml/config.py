@@ -285,6 +285,11 @@ class ModelConfig:
     # Conditions whose slices the timbre branch feeds (fixed masks), as onset_conditions.
     timbre_conditions: Optional[Tuple[str, ...]] = ("instrument",)
     mask_mode: str = "fixed"  # "fixed" slices, "learned" (CSN) or "none" (one global space).
+    # Fixed masks: normalise each condition's slice to norm 1/sqrt(conditions) rather than the
+    # whole vector to 1 (still unit norm overall). With one global norm the slices compete for it:
+    # the 0.5 default's tempo slice took .80 of it and the instrument slice .25, so the same margin
+    # asked four times more of instrument (benchmarks/RESULTS.md). Since 0.6.
+    slice_norm: bool = True
     dropout: float = 0.0
     # Batch-norm moving-statistics momentum (Keras' default); lower it for short runs,
     # whose inference-mode statistics otherwise still lag the training batches.
@@ -324,6 +329,7 @@ class ModelConfig:
         _check(self.mask_mode in ("fixed", "learned", "none"), "model.mask_mode", self.mask_mode,
                "'fixed', 'learned' or 'none'")
         _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "in [0, 1)")
+        _check(isinstance(self.slice_norm, bool), "model.slice_norm", self.slice_norm, "true or false")
         _check(0 < self.batchnorm_momentum < 1, "model.batchnorm_momentum", self.batchnorm_momentum, "in (0, 1)")
 
 
@@ -449,8 +455,9 @@ class Config:
                 # saved before the harmony branch existed
                 values.setdefault("chroma_templates", 0)
             if name == "model" and saved_before(d.get("version"), TIMBRE_SINCE):
-                # saved before the timbre branch existed
+                # saved before the timbre branch and per-slice normalisation existed
                 values.setdefault("timbre_filters", 0)
+                values.setdefault("slice_norm", False)
             known = {f.name for f in dataclasses.fields(klass)}
             bad = set(values) - known
             if bad:
@@ -511,7 +518,8 @@ TIME_ONLY_STEM_SINCE = (0, 4)
 #: The version whose lean network added the harmony branch (``model.chroma_templates``); an older
 #: config without the key had none.
 HARMONY_SINCE = (0, 5)
-#: The version whose lean network added the timbre branch (``model.timbre_filters``).
+#: The version whose lean network added the timbre branch (``model.timbre_filters``) and whose
+#: embedding normalises each fixed slice on its own (``model.slice_norm``).
 TIMBRE_SINCE = (0, 6)
 _BEFORE_LEAN: Dict[str, Dict[str, Any]] = {
     "model": {"backbone": "inception", "onset_lags": 0},

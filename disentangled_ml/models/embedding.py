@@ -16,7 +16,7 @@ from disentangled_ml.condition_views import ConditionViews
 from disentangled_ml.config import Config, ConfigError
 from disentangled_ml.models.backbones import build_backbone
 
-__all__ = ["L2Normalize", "build_embedding_model", "add_frontend", "slice_outputs",
+__all__ = ["L2Normalize", "normalisation_groups", "build_embedding_model", "add_frontend", "slice_outputs",
            "EMBEDDING_OUTPUT", "RAW_OUTPUT"]
 
 #: Output names of the embedding model (and of the export signature, docs/design.md, contract 2).
@@ -27,31 +27,61 @@ RAW_OUTPUT = "raw_embedding"
 
 @keras.saving.register_keras_serializable(package="disentangled_ml")
 class L2Normalize(keras.layers.Layer):
-    """``x / max(||x||, sqrt(epsilon))`` along the last axis (like ``tf.math.l2_normalize``).
+    """``x / max(||x||, sqrt(epsilon))`` along the last axis (like ``tf.math.l2_normalize``),
+    or, with ``groups > 1``, each of ``groups`` equal parts of it scaled to norm ``1/sqrt(groups)``.
 
-    Written with ``keras.ops`` (square, sum, maximum, rsqrt, multiply), which
+    Either way the whole vector has unit norm. With groups, every condition's slice lives on a
+    sphere of the same radius (0.5 for four conditions), so a slice's distances, and the triplet
+    margin measured in them, mean the same in every condition, and one condition cannot take the
+    norm the others need (``model.slice_norm``, :mod:`disentangled_ml.config`).
+
+    Written with ``keras.ops`` (reshape, square, sum, maximum, rsqrt, multiply), which
     convert to TFLite builtins; a layer rather than a ``Lambda`` so saved models load
     without ``safe_mode=False``.
 
     Args:
         epsilon: lower bound on the squared norm (keeps an all-zero vector finite).
+        groups: equal parts of the last axis normalised separately (1: the whole vector).
     """
 
-    def __init__(self, epsilon: float = 1e-12, **kwargs: Any) -> None:
+    def __init__(self, epsilon: float = 1e-12, groups: int = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
+        self.groups = int(groups)
+        if self.groups < 1:
+            raise ValueError(f"L2Normalize: groups={groups} must be >= 1.")
 
     def call(self, x):
-        sq = ops.sum(ops.square(x), axis=-1, keepdims=True)
-        return x * ops.rsqrt(ops.maximum(sq, self.epsilon))
+        if self.groups == 1:
+            sq = ops.sum(ops.square(x), axis=-1, keepdims=True)
+            return x * ops.rsqrt(ops.maximum(sq, self.epsilon))
+        dim = x.shape[-1]
+        parts = ops.reshape(x, (-1, self.groups, dim // self.groups))
+        sq = ops.sum(ops.square(parts), axis=-1, keepdims=True)
+        parts = parts * (ops.rsqrt(ops.maximum(sq, self.epsilon)) * (1.0 / self.groups ** 0.5))
+        return ops.reshape(parts, (-1, dim))
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if self.groups > 1 and (dim is None or dim % self.groups):
+            raise ValueError(f"L2Normalize: {dim} features do not split into {self.groups} equal groups.")
+        super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
-        config["epsilon"] = self.epsilon
+        config.update(epsilon=self.epsilon, groups=self.groups)
         return config
+
+
+def normalisation_groups(cfg: Config) -> int:
+    """Parts of the embedding normalised separately: one per condition with ``model.slice_norm``
+    and fixed slices, else 1 (learned masks and ``none`` share the whole vector)."""
+    if cfg.model.slice_norm and cfg.model.mask_mode == "fixed":
+        return len(cfg.conditions.names)
+    return 1
 
 
 def build_embedding_model(cfg: Config, waveform_input: bool = False, name: str = "embedding_model") -> keras.Model:
@@ -73,14 +103,16 @@ def build_embedding_model(cfg: Config, waveform_input: bool = False, name: str =
 
         and dict outputs
 
-        * ``"embedding"``: float32 ``[batch, embedding_dim]``, unit L2 norm;
+        * ``"embedding"``: float32 ``[batch, embedding_dim]``, unit L2 norm (with
+          ``model.slice_norm`` and fixed masks, each condition's slice has norm
+          ``1/sqrt(conditions)``);
         * ``"raw_embedding"``: float32 ``[batch, embedding_dim]``, the backbone output
           before normalisation.
     """
     frames, mels = cfg.frontend.num_frames, cfg.frontend.n_bands
     inputs = keras.Input((frames, mels), name="mel")
     raw = build_backbone(cfg)(inputs)
-    embedding = L2Normalize(name=EMBEDDING_OUTPUT)(raw)
+    embedding = L2Normalize(groups=normalisation_groups(cfg), name=EMBEDDING_OUTPUT)(raw)
     model = keras.Model(inputs, {EMBEDDING_OUTPUT: embedding, RAW_OUTPUT: raw}, name=name)
     if waveform_input:
         return add_frontend(cfg, model, name=name)
