@@ -6,6 +6,7 @@ manifest and writes a *catalogue*::
     EMB_DIR/
       config.json     the export's config.json, plus "catalogue": {export_dir, backend, hop_seconds, source, ...}
       tracks.npy      float32 [N, D]: per track, the mean of its segment embeddings, re-normalised to unit L2 norm
+                      (per slice, each to 1/sqrt(G), when the export's normalisation_groups G > 1)
       tracks.csv      track_id, path, n_segments (+ the manifest's label columns)
       segments.npy    float32 [M, D]: every segment's embedding (unit norm)
       segments.csv    track_id, start_s (segment start in seconds)
@@ -172,6 +173,16 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def track_embedding(segments: np.ndarray, groups: int = 1) -> np.ndarray:
+    """A track's embedding from its segments' ``[k, D]``: their mean, normalised as the model
+    normalises a segment (``groups``, the export's ``normalisation_groups``: 1 = unit norm; G = each
+    of G equal slices to norm ``1/sqrt(G)``, so every condition's slice keeps the same radius)."""
+    mean = np.asarray(segments, np.float32).mean(axis=0)
+    if groups <= 1:
+        return _normalise(mean)
+    return (_normalise(mean.reshape(groups, -1)) / np.sqrt(groups)).reshape(-1).astype(np.float32)
+
+
 def embed_file(path: str, embed: Callable[[np.ndarray], np.ndarray], config: Mapping[str, Any],
                hop_seconds: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Embed one audio file: ``(track embedding float32 [D], segment embeddings float32 [k, D])``.
@@ -190,7 +201,7 @@ def embed_file(path: str, embed: Callable[[np.ndarray], np.ndarray], config: Map
         raise SearchError(f"{path} is {y.size / sr:.2f} s long, shorter than one {seg / sr:g} s segment.")
     segs = np.stack([y[s:s + seg] for s in starts])
     emb = np.asarray(embed(segs), np.float32)
-    return _normalise(emb.mean(axis=0)), emb
+    return track_embedding(emb, int(config.get("normalisation_groups", 1))), emb
 
 
 # ----------------------------------------------------------------------------- embedding a collection
@@ -284,7 +295,8 @@ def embed_collection(export_dir: str, source: str, out_dir: str, hop_seconds: Op
     catalogue_info = {
         "export_dir": os.path.abspath(export_dir), "backend": backend, "hop_seconds": hop_s,
         "source": os.path.abspath(source), "label_columns": label_columns,
-        "track_embedding": "mean of the segment embeddings, re-normalised to unit L2 norm",
+        "track_embedding": "mean of the segment embeddings, re-normalised as the model normalises a segment "
+                           "(normalisation_groups: 1 = unit L2 norm, G = each of G slices to norm 1/sqrt(G))",
     }
     os.makedirs(out_dir, exist_ok=True)
     config_path = os.path.join(out_dir, "config.json")
@@ -335,7 +347,7 @@ def embed_collection(export_dir: str, source: str, out_dir: str, hop_seconds: Op
                 starts = _segment_starts(y.size, seg, hop)
                 emb = np.concatenate([np.asarray(embedder(np.stack([y[s:s + seg] for s in starts[i:i + batch_size]])),
                                                  np.float32) for i in range(0, len(starts), batch_size)])
-                track_embs.append(_normalise(emb.mean(axis=0)))
+                track_embs.append(track_embedding(emb, int(config.get("normalisation_groups", 1))))
                 seg_embs.append(emb)
                 seg_track += [len(rows)] * len(starts)
                 seg_start.append(starts / sr)

@@ -76,6 +76,7 @@ def build_export_config(run: LoadedRun, *, signatures: Mapping[str, Any], files:
     import tensorflow as tf
 
     from disentangled_ml import __version__
+    from disentangled_ml.models.embedding import normalisation_groups
 
     cfg, fe, wf = run.config, run.config.frontend, run.waveform_model
     views = ConditionViews.from_config(cfg, run.masks).to_export_config()
@@ -88,6 +89,8 @@ def build_export_config(run: LoadedRun, *, signatures: Mapping[str, Any], files:
         "embedding_dim": cfg.conditions.embedding_dim, "conditions": views["conditions"],
         "condition_names": list(views["conditions"]),
         "mask_mode": mode, "condition_outputs_note": CONDITION_OUTPUTS_NOTE[mode],
+        # 1: the embedding has unit norm; G > 1: each of G equal slices has norm 1/sqrt(G) (model.slice_norm)
+        "normalisation_groups": normalisation_groups(cfg),
         "frontend": {**cfg.to_dict()["frontend"], "mel_fmax": fe.mel_fmax, "center": False,
                      "window": "hann (periodic)", "mel_scale": "slaney", "compression": "log10(1 + log_multiplier * S)",
                      "standardisation": "(x - norm_mean) / norm_std",

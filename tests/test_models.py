@@ -49,8 +49,15 @@ def test_backbones_build_and_embed_to_unit_norm(family):
     assert out["embedding"].shape == (3, 256) and out["raw_embedding"].shape == (3, 256)
     np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=1), 1.0, rtol=1e-5)
     raw = out["raw_embedding"].numpy()
-    np.testing.assert_allclose(out["embedding"], raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-5,
-                               atol=1e-6)
+    # fixed slices (the default, model.slice_norm): each condition's slice normalised on its own
+    # to norm 1/sqrt(4) = 0.5; a global norm with slice_norm off (and for the paper's comparisons)
+    parts = raw.reshape(3, 4, 64)
+    expected = (parts / np.linalg.norm(parts, axis=2, keepdims=True) / 2.0).reshape(3, 256)
+    np.testing.assert_allclose(out["embedding"], expected, rtol=1e-5, atol=1e-6)
+    whole = build_embedding_model(cfg.replace(**{"model.slice_norm": False}))
+    whole.set_weights(model.get_weights())
+    np.testing.assert_allclose(whole(mel, training=False)["embedding"], raw / np.linalg.norm(raw, axis=1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)
     # width scales every block
     assert build_backbone(small_config(**{"model.backbone": family, "model.width": 16})).count_params() \
         > 2 * backbone.count_params()

@@ -77,8 +77,12 @@ def test_embed_folder_writes_catalogue_and_reports_skips(export_dir, audio_dir, 
     crops = np.stack([y[s:s + SR] for s in range(0, 4 * SR // 2 + 1, SR // 2)])
     direct = SavedModelEmbedder(os.path.join(export_dir, "saved_model"))(crops)
     np.testing.assert_allclose(segments[:5], direct, atol=1e-5)
-    mean = direct.mean(axis=0)
-    np.testing.assert_allclose(tracks[0], mean / np.linalg.norm(mean), atol=1e-5)
+    # ... normalised as the model normalises a segment: each of the 4 condition slices to norm 1/2
+    assert json.load(open(os.path.join(export_dir, "config.json")))["normalisation_groups"] == 4
+    mean = direct.mean(axis=0).reshape(4, 64)
+    np.testing.assert_allclose(tracks[0], (mean / np.linalg.norm(mean, axis=1, keepdims=True) / 2).reshape(-1),
+                               atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(segments.reshape(18, 4, 64), axis=2), 0.5, atol=1e-5)
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["catalogue"]["export_dir"] == os.path.abspath(export_dir)
     assert config["catalogue"]["hop_seconds"] == 0.5 and config["embedding_dim"] == 256
