@@ -9,6 +9,13 @@ trained model and for the baselines: MFCC-VQ (the paper's), MFCC statistics and
 the same network untrained. Writes RUN_DIR/eval_<split>/metrics.json,
 accuracy.png, disentanglement.png and class_pairs.png, and prints the tables.
 
+The same accuracies and matrix are also given on confounded triplets, a second
+fixed set per label condition whose positive shares as few, and whose negative as
+many, of the anchor's other labels as the split allows: built once into
+RUN_DIR/<split>_confounded_triplets.csv and reused, reported under "confounded"
+in metrics.json, as a second panel of accuracy.png and in
+disentanglement_confounded.png.
+
 The model is RUN_DIR/embedding.keras, or --model: another .keras file or an
 export directory (with saved_model/, docs/design.md, contract 2). The prepared
 collection is --prepared, or the prepared_dir recorded in RUN_DIR/run.json.
@@ -105,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
     if metrics["dropped_triplets"]:
         print(f"\n{metrics['dropped_triplets']} triplet(s) left out: {len(metrics['failed_tracks'])} track(s) "
               "could not be decoded (see metrics.json, failed_tracks).")
-    print("\nwrote " + ", ".join(paths[k] for k in ("metrics", "accuracy", "disentanglement", "class_pairs")
-                              if k in paths))
+    print("\nwrote " + ", ".join(paths[k] for k in ("metrics", "accuracy", "disentanglement",
+                                                    "disentanglement_confounded", "class_pairs") if k in paths))
+    conf = metrics.get("confounded")
+    if conf and "file" in conf:
+        print(f"confounded triplets: {conf['file']} ({'reused' if conf.get('reused') else 'built now'})")
     return 0

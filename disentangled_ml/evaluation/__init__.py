@@ -8,7 +8,8 @@
   behind one call, waveform crops -> embeddings.
 * :mod:`.runner`: :func:`evaluate` / :func:`evaluate_many` (one pass over the split's
   audio for every embedder) and :func:`evaluate_run` (a training run directory).
-* :mod:`.report`: ``metrics.json``, ``accuracy.png``, ``disentanglement.png``, text table.
+* :mod:`.report`: ``metrics.json``, ``accuracy.png``, ``disentanglement.png`` (and
+  ``disentanglement_confounded.png``), text table.
 
 Only the metrics are imported eagerly; the rest (TensorFlow, librosa, matplotlib)
 load on first use.

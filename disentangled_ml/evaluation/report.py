@@ -4,9 +4,12 @@
   (plus run information), with NaN written as ``null`` so any JSON reader takes it.
 * ``accuracy.png``: grouped bars, one group per condition, one bar per embedder
   (a model with sub-spaces gets two: scored in the condition's slice and on the
-  whole embedding), a dashed line at chance (0.5).
+  whole embedding), a dashed line at chance (0.5). When the metrics hold confounded
+  triplets (``"confounded"``), a second panel shows the same bars on them, with their
+  95 % Wilson intervals.
 * ``disentanglement.png``: the model's disentanglement matrix as a heat map with
-  the accuracies written in the cells.
+  the accuracies written in the cells; ``disentanglement_confounded.png`` the same on
+  the confounded triplets.
 
 Matplotlib runs with the Agg backend, so no display is needed.
 """
@@ -21,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 __all__ = ["to_jsonable", "write_metrics_json", "plot_accuracy", "plot_disentanglement", "format_table",
-           "write_report", "accuracy_series"]
+           "write_report", "accuracy_series", "accuracy_series_ci", "format_confounded_table"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -52,22 +55,39 @@ def write_metrics_json(metrics: Mapping[str, Any], path: str) -> None:
     os.replace(tmp, path)
 
 
-def accuracy_series(metrics: Mapping[str, Any]) -> List[Tuple[str, List[Optional[float]]]]:
+def _series_source(metrics: Mapping[str, Any], confounded: bool) -> Tuple[List[str], Mapping[str, Any]]:
+    """``(conditions, embedders)`` of the random set, or of the confounded set (every label condition,
+    also those with no triplet)."""
+    if not confounded:
+        return list(metrics["conditions"]), metrics["embedders"]
+    conf = metrics.get("confounded") or {}
+    return list(conf.get("num_triplets", {})), conf.get("embedders", {})
+
+
+def accuracy_series_ci(metrics: Mapping[str, Any], confounded: bool = False
+                       ) -> List[Tuple[str, List[Optional[float]], List[Optional[Tuple[float, float]]]]]:
+    """:func:`accuracy_series` with the 95 % interval of each value: ``[(label, [acc], [(low, high)])]``."""
+    conds, embedders = _series_source(metrics, confounded)
+    series = []
+    for emb in embedders.values():
+        acc = emb["triplet_accuracy"]
+        views = ("slice", "whole") if emb["sliced"] else ("whole",)
+        for view in views:
+            label = f"{emb['label']} ({view})" if emb["sliced"] else emb["label"]
+            ci = [acc.get(c, {}).get(f"{view}_ci95") for c in conds]
+            series.append((label, [acc.get(c, {}).get(view) for c in conds],
+                           [None if x is None else (float(x[0]), float(x[1])) for x in ci]))
+    return series
+
+
+def accuracy_series(metrics: Mapping[str, Any], confounded: bool = False) -> List[Tuple[str, List[Optional[float]]]]:
     """``[(series label, [accuracy per condition])]`` in the order the bars are drawn.
 
     A sliced embedder gives ``"<label> (slice)"`` and ``"<label> (whole)"``; a
     baseline gives ``"<label>"`` (whole vector). ``None`` where a condition is missing.
+    ``confounded``: the confounded triplets' accuracies, over every label condition.
     """
-    conds = metrics["conditions"]
-    series = []
-    for emb in metrics["embedders"].values():
-        acc = emb["triplet_accuracy"]
-        if emb["sliced"]:
-            series.append((f"{emb['label']} (slice)", [acc.get(c, {}).get("slice") for c in conds]))
-            series.append((f"{emb['label']} (whole)", [acc.get(c, {}).get("whole") for c in conds]))
-        else:
-            series.append((emb["label"], [acc.get(c, {}).get("whole") for c in conds]))
-    return series
+    return [(label, values) for label, values, _ in accuracy_series_ci(metrics, confounded)]
 
 
 def _pyplot():
@@ -79,17 +99,21 @@ def _pyplot():
     return plt
 
 
-def plot_accuracy(metrics: Mapping[str, Any], path: str, title: Optional[str] = None) -> None:
-    """Grouped bar chart of triplet accuracy: conditions x embedders (``accuracy.png``)."""
-    plt = _pyplot()
-    conds = metrics["conditions"]
-    series = accuracy_series(metrics)
+def _bar_panel(ax, conds: List[str], series, whiskers: bool) -> None:
+    """Grouped bars of ``series`` (:func:`accuracy_series_ci`) over ``conds``, a chance line at 0.5."""
     width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(conds) + 2), 4.2))
     x = np.arange(len(conds))
-    for i, (label, values) in enumerate(series):
+    for i, (label, values, cis) in enumerate(series):
         vals = np.array([np.nan if v is None else v for v in values], dtype=float)
-        bars = ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(vals), width, label=label)
+        pos = x - 0.4 + width * (i + 0.5)
+        bars = ax.bar(pos, np.nan_to_num(vals), width, label=label)
+        if whiskers:
+            lo = np.array([np.nan if c is None else c[0] for c in cis], dtype=float)
+            hi = np.array([np.nan if c is None else c[1] for c in cis], dtype=float)
+            ok = np.isfinite(vals) & np.isfinite(lo) & np.isfinite(hi)
+            if ok.any():
+                ax.errorbar(pos[ok], vals[ok], yerr=[vals[ok] - lo[ok], hi[ok] - vals[ok]], fmt="none",
+                            ecolor="black", elinewidth=0.7, capsize=1.5)
         for b, v in zip(bars, vals):
             if np.isfinite(v):
                 ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center", va="bottom",
@@ -99,22 +123,54 @@ def plot_accuracy(metrics: Mapping[str, Any], path: str, title: Optional[str] = 
     ax.set_xticklabels(conds)
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("triplet accuracy")
-    counts = sorted(set(metrics.get("num_triplets", {}).values())) or [0]
-    per = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    ax.set_title(title or f"triplet accuracy ({metrics.get('split', 'eval')} split, {per} triplets per condition)")
-    ax.legend(fontsize=7, ncol=min(3, len(series) + 1), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+
+
+def _per(counts: Mapping[str, int]) -> str:
+    values = sorted(set(counts.values())) or [0]
+    return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
+def plot_accuracy(metrics: Mapping[str, Any], path: str, title: Optional[str] = None) -> None:
+    """Grouped bar chart of triplet accuracy: conditions x embedders (``accuracy.png``).
+
+    With confounded triplets in ``metrics`` a second panel below shows their accuracy, with
+    95 % Wilson intervals as whiskers, over every label condition (empty where none was built).
+    """
+    plt = _pyplot()
+    conds = metrics["conditions"]
+    series = accuracy_series_ci(metrics)
+    conf = metrics.get("confounded")
+    conf_conds = _series_source(metrics, True)[0] if conf else []
+    panels = 2 if conf_conds else 1
+    width_in = max(6.0, 1.6 * max(len(conds), len(conf_conds)) + 2)
+    fig, axes = plt.subplots(panels, 1, figsize=(width_in, 4.2 if panels == 1 else 7.6), squeeze=False)
+    ax = axes[0, 0]
+    _bar_panel(ax, conds, series, whiskers=False)
+    ax.set_title(title or f"triplet accuracy ({metrics.get('split', 'eval')} split, "
+                          f"{_per(metrics.get('num_triplets', {}))} triplets per condition)")
+    if panels == 2:
+        cax = axes[1, 0]
+        _bar_panel(cax, conf_conds, accuracy_series_ci(metrics, True), whiskers=True)
+        cax.set_title(f"confounded triplets ({_per(conf['num_triplets'])} per condition; positive shares few, "
+                      "negative many other labels; bars: 95 % interval)", fontsize=9)
+        cax.legend(fontsize=7, ncol=min(3, len(series) + 1), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    else:
+        ax.legend(fontsize=7, ncol=min(3, len(series) + 1), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_disentanglement(metrics: Mapping[str, Any], path: str, embedder: str = "model") -> bool:
+def plot_disentanglement(metrics: Mapping[str, Any], path: str, embedder: str = "model",
+                         confounded: bool = False) -> bool:
     """Heat map of ``embedder``'s disentanglement matrix, numbers in the cells.
+
+    ``confounded``: the matrix on the confounded triplets (``metrics["confounded"]``).
 
     Returns:
         False (and writes nothing) when that embedder has no matrix.
     """
-    emb = metrics["embedders"].get(embedder)
+    emb = _series_source(metrics, confounded)[1].get(embedder)
     if not emb or not emb.get("disentanglement"):
         return False
     m = emb["disentanglement"]
@@ -132,7 +188,8 @@ def plot_disentanglement(metrics: Mapping[str, Any], path: str, embedder: str = 
     ax.set_yticklabels(m["rows"])
     ax.set_xlabel("measured in slice")
     ax.set_ylabel("triplets of condition")
-    ax.set_title(f"disentanglement: triplet accuracy ({emb['label']}, {metrics.get('split', 'eval')} split)")
+    which = "confounded triplets" if confounded else "triplet accuracy"
+    ax.set_title(f"disentanglement: {which} ({emb['label']}, {metrics.get('split', 'eval')} split)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -211,16 +268,53 @@ def format_table(metrics: Mapping[str, Any]) -> str:
         out += ["", f"retrieval, precision@{k} / mAP, over {metrics.get('retrieval_tracks', '?')} tracks "
                     f"({metrics.get('segments_per_track', '?')} segments per track embedding)",
                 _table(header, ret_rows)]
+    if metrics.get("confounded"):
+        out += ["", format_confounded_table(metrics)]
     return "\n".join(out)
 
 
+def _fmt_ci(v: Any, ci: Optional[Tuple[float, float]]) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    text = f"{v:.3f}" if ci is None else f"{v:.3f} [{ci[0]:.2f}-{ci[1]:.2f}]"
+    return text + (" <" if ci is not None and ci[1] < 0.5 else "")
+
+
+def format_confounded_table(metrics: Mapping[str, Any]) -> str:
+    """The confounded triplets: accuracy with its 95 % interval per condition and series (``<`` marks an
+    interval wholly below chance), the triplets built and the anchors that allowed them, and how
+    many other labels the negative and the positive share with the anchor on average (random set's
+    means in brackets)."""
+    conf = metrics["confounded"]
+    conds = list(conf.get("num_triplets", {}))
+    series = accuracy_series_ci(metrics, True)
+    sets = conf.get("sets", {})
+    rows = []
+    for i, c in enumerate(conds):
+        st = sets.get(c, {})
+        n_other = len(st.get("other_labels", ()))
+
+        def share(key):
+            v, r = st.get(f"{key}_shared_mean"), st.get(f"random_{key}_shared_mean")
+            return "-" if v is None else f"{v:.2f}/{n_other}" + ("" if r is None else f" ({r:.2f})")
+
+        rows.append([c] + [_fmt_ci(values[i], cis[i]) for _, values, cis in series] +
+                    [str(conf["num_triplets"].get(c, 0)), str(st.get("anchors", "-")), share("negative"),
+                     share("positive")])
+    header = ["condition"] + [s for s, _, _ in series] + ["triplets", "anchors", "neg. shares", "pos. shares"]
+    return "\n".join([
+        f"confounded triplets ({metrics.get('split', 'eval')} split): accuracy [95 % interval], '<' = below chance; "
+        "shares = mean other labels shared with the anchor (random triplets in brackets)",
+        _table(header, rows)])
+
+
 def write_report(metrics: Mapping[str, Any], out_dir: str) -> Dict[str, str]:
-    """Write ``metrics.json``, ``accuracy.png`` and (when the model has them) ``disentanglement.png``
-    and ``class_pairs.png``.
+    """Write ``metrics.json``, ``accuracy.png`` and (when the model has them) ``disentanglement.png``,
+    ``disentanglement_confounded.png`` and ``class_pairs.png``.
 
     Returns:
-        ``{"metrics": path, "accuracy": path, "disentanglement": path, "class_pairs": path}``
-        (the last two only when written).
+        ``{"metrics": path, "accuracy": path, "disentanglement": path, "disentanglement_confounded": path,
+        "class_pairs": path}`` (the last three only when written).
     """
     os.makedirs(out_dir, exist_ok=True)
     paths = {"metrics": os.path.join(out_dir, "metrics.json"), "accuracy": os.path.join(out_dir, "accuracy.png")}
@@ -231,6 +325,9 @@ def write_report(metrics: Mapping[str, Any], out_dir: str) -> Dict[str, str]:
     dis = os.path.join(out_dir, "disentanglement.png")
     if plot_disentanglement(metrics, dis, target):
         paths["disentanglement"] = dis
+    dis_conf = os.path.join(out_dir, "disentanglement_confounded.png")
+    if metrics.get("confounded") and plot_disentanglement(metrics, dis_conf, target, confounded=True):
+        paths["disentanglement_confounded"] = dis_conf
     pairs = os.path.join(out_dir, "class_pairs.png")
     if plot_class_pairs(metrics, pairs, target):
         paths["class_pairs"] = pairs

@@ -15,6 +15,10 @@ What is measured, per embedder:
   Wilson interval;
 * the disentanglement matrix: every condition's triplets in every condition's
   sub-space (:func:`disentangled_ml.evaluation.metrics.disentanglement_matrix`);
+* the same accuracies and matrix on the *confounded* triplets
+  (:mod:`disentangled_ml.data.confounded_triplets`: the positive shares as few of the
+  anchor's other labels as the split allows, the negative as many), with how many
+  could be built and how confounded they are (``"confounded"`` in the result);
 * retrieval per condition: each split track queries all others by its track
   embedding (the mean of up to ``segments_per_track`` non-overlapping segments'
   embeddings, L2-renormalised), searched in the condition's sub-space; relevance
@@ -268,7 +272,8 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
                   audio: Mapping[str, np.ndarray], tracks: Sequence[Track], config: Config,
                   rows: Optional[Sequence[int]] = None, *, tables: Any = None,
                   segments_per_track: int = DEFAULT_SEGMENTS_PER_TRACK, k: int = DEFAULT_K, batch_size: int = 64,
-                  progress: bool = False) -> Dict[str, Any]:
+                  progress: bool = False,
+                  confounded: Optional[Sequence[Mapping[str, Any]]] = None) -> Dict[str, Any]:
     """Score several embedders on the same triplets and tracks (each track decoded once).
 
     Args:
@@ -288,6 +293,9 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
         k: cutoff of the retrieval precision.
         batch_size: crops per embedder call.
         progress: show a progress bar over tracks.
+        confounded: the confounded triplets
+            (:func:`disentangled_ml.data.confounded_triplets.build_confounded_triplets`), rows
+            like ``triplets``; scored in the same pass, reported under ``"confounded"``.
 
     Returns:
         A dict (NaN where a score is undefined, the matrices as numpy arrays;
@@ -301,7 +309,13 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
                                   "class_pairs": {label condition: {"classes", "accuracy", "n", "unpaired"}},
                                   "disentanglement": {"rows", "columns", "accuracy"} | None,
                                   "retrieval": {cond: {"precision_at_k", "map", "k", "queries",
-                                                       "skipped_queries"} | None}}}}
+                                                       "skipped_queries"} | None}}},
+             "confounded": {"conditions": [...], "num_triplets": {label condition: n, 0 if none},
+                            "dropped_triplets": int,
+                            "sets": {cond: ...},  # data.confounded_triplets.confoundedness
+                            "embedders": {name: {"label", "sliced", "triplet_accuracy": {cond: {...}},
+                                                 "disentanglement": {...} | None}}}}
+            # "confounded" only with ``confounded``; see _confounded_scores
 
     Raises:
         EvaluationError: an unknown condition or track id in the triplets, no triplets,
@@ -321,11 +335,13 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
                               "(see the warnings of dml train).")
     seg = config.frontend.segment_samples
     row_of = {t.track_id: i for i, t in enumerate(tracks)}
-    missing = sorted({str(t[r]) for t in triplets for r in ROLES} - set(row_of))
+    confounded = list(confounded) if confounded is not None else None
+    missing = sorted({str(t[r]) for t in list(triplets) + (confounded or []) for r in ROLES} - set(row_of))
     if missing:
         raise EvaluationError(f"{len(missing)} track id(s) of the evaluation triplets are not in the collection "
                               f"(e.g. {missing[:3]}); evaluate with the prepared collection the run was trained on.")
     order = _condition_order(config, sorted({str(t["condition"]) for t in triplets}))
+    conf_order = _condition_order(config, sorted({str(t["condition"]) for t in confounded or []}))
     if rows is None:
         rows = sorted({row_of[str(t[r])] for t in triplets for r in ROLES})
     rows = [int(r) for r in rows]
@@ -334,9 +350,17 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
     for t in triplets:
         for r in ROLES:
             starts_needed.setdefault(str(t[r]), set()).add(int(t[f"{r}_start"]))
-    visit = sorted(set(starts_needed) | retrieval_ids, key=row_of.__getitem__)
+    conf_needed: Dict[str, set] = {}
+    for t in confounded or []:
+        for r in ROLES:
+            conf_needed.setdefault(str(t[r]), set()).add(int(t[f"{r}_start"]))
+    visit = sorted(set(starts_needed) | set(conf_needed) | retrieval_ids, key=row_of.__getitem__)
 
     crops = _CropEmbeddings(embedders, batch_size)
+    # Crops only the confounded triplets use are embedded apart, so the random set's and the
+    # retrieval's crops go through the embedders in the same batches (and give the same numbers)
+    # as without confounded triplets.
+    conf_crops = _CropEmbeddings(embedders, batch_size)
     track_segments: Dict[str, List[int]] = {}
     failed: Dict[str, str] = {}
     bar = tqdm(total=len(visit), desc="embedding", unit="track", disable=not progress)
@@ -354,7 +378,10 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
             starts |= set(seg_starts)
         for s in sorted(starts):
             crops.add(tid, s, _crop(y, s, seg))
+        for s in sorted(conf_needed.get(tid, set()) - starts):
+            conf_crops.add(tid, s, _crop(y, s, seg))
     crops.flush()
+    conf_crops.flush()
     bar.close()
 
     kept = [t for t in triplets if all(str(t[r]) not in failed for r in ROLES)]
@@ -373,6 +400,15 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
                 pair_classes[cond] = tuple(m[[row_of[str(t[r])] for t in ts]] for r in ("anchor", "negative"))
     if not by_cond:
         raise EvaluationError("evaluate: every evaluation triplet uses an undecodable track; see the warnings.")
+    conf_kept = [t for t in confounded or [] if all(str(t[r]) not in failed for r in ROLES)]
+
+    def conf_row(key: Tuple[str, int]) -> int:  # row in [crops' matrix; conf_crops' matrix]
+        return crops.index[key] if key in crops.index else len(crops.index) + conf_crops.index[key]
+
+    conf_by_cond = {cond: {r: np.array([conf_row((str(t[r]), int(t[f"{r}_start"]))) for t in ts], np.int64)
+                           for r in ROLES}
+                    for cond in conf_order
+                    for ts in [[t for t in conf_kept if str(t["condition"]) == cond]] if ts}
 
     r_rows = [r for r in rows if tracks[r].track_id in track_segments]
     relevance = {}
@@ -380,8 +416,12 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
         relevance[cond] = relevance_matrix(tables, r_rows, cond, config)
 
     out_emb: Dict[str, Any] = {}
+    conf_emb: Dict[str, Any] = {}
     for spec in embedders:
         emb = crops.matrix(spec.name)
+        if confounded is not None:
+            both = np.concatenate([emb, conf_crops.matrix(spec.name)]) if conf_crops.parts[spec.name] else emb
+            conf_emb[spec.name] = _confounded_scores(spec, both, conf_by_cond)
         trip = {c: tuple(emb[ix[r]] for r in ROLES) for c, ix in by_cond.items()}
         acc, class_pairs = {}, {}
         for cond, (a, p, n) in trip.items():
@@ -411,7 +451,7 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
             "label": spec.label, "dim": int(emb.shape[1]), "sliced": spec.views is not None,
             "triplet_accuracy": acc, "class_pairs": class_pairs, "disentanglement": matrix, "retrieval": retrieval,
         }
-    return {
+    result = {
         "conditions": list(by_cond),
         "num_triplets": {c: int(len(ix["anchor"])) for c, ix in by_cond.items()},
         "dropped_triplets": int(dropped),
@@ -421,6 +461,38 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
         "k": int(k),
         "embedders": out_emb,
     }
+    if confounded is not None:
+        from disentangled_ml.data.confounded_triplets import confoundedness
+
+        result["confounded"] = {
+            "conditions": list(conf_by_cond),
+            "num_triplets": {c: int(len(conf_by_cond[c]["anchor"])) if c in conf_by_cond else 0
+                             for c in config.conditions.names},
+            "dropped_triplets": len(confounded) - len(conf_kept),
+            "sets": confoundedness(conf_kept, tables, config, rows=rows, random_triplets=kept),
+            "embedders": conf_emb,
+        }
+    return result
+
+
+def _confounded_scores(spec: EmbedderSpec, emb: np.ndarray,
+                       by_cond: Mapping[str, Mapping[str, np.ndarray]]) -> Dict[str, Any]:
+    """One embedder's entry under ``metrics["confounded"]["embedders"]``.
+
+    Returns:
+        ``{"label", "sliced", "triplet_accuracy": {cond: {"slice", "whole", "n", "slice_ci95",
+        "whole_ci95"}}, "disentanglement": {"rows", "columns", "accuracy"} | None}``: the random
+        set's schema, on the confounded triplets (``slice`` None for a baseline; the matrix
+        only for an embedder with sub-spaces and at least one confounded triplet).
+    """
+    trip = {c: tuple(emb[ix[r]] for r in ROLES) for c, ix in by_cond.items()}
+    acc = {}
+    for cond, (a, p, n) in trip.items():
+        sl = triplet_correct(a, p, n, spec.views.get(cond)) if spec.views is not None else None
+        acc[cond] = _accuracy_entry(sl, triplet_correct(a, p, n))
+    matrix = disentanglement_matrix(trip, spec.columns) if spec.columns is not None and trip else None
+    return {"label": spec.label, "sliced": spec.views is not None, "triplet_accuracy": acc,
+            "disentanglement": matrix}
 
 
 def evaluate(embedder: Embedder, triplets: Sequence[Mapping[str, Any]], audio: Mapping[str, np.ndarray],
@@ -499,7 +571,8 @@ def evaluate_run(run_dir: str, prepared_dir: str, split: str = "test", baselines
                  model_path: Optional[str] = None, out_dir: Optional[str] = None,
                  segments_per_track: int = DEFAULT_SEGMENTS_PER_TRACK, k: int = DEFAULT_K,
                  vq_codebook: Optional[int] = None, fit_tracks: Optional[int] = None, seed: int = 0,
-                 batch_size: int = 64, progress: bool = True) -> Tuple[Dict[str, Any], Dict[str, str]]:
+                 batch_size: int = 64, progress: bool = True,
+                 confounded: bool = True) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """Evaluate a training run's model and the baselines on a split; write the report.
 
     Reads ``RUN_DIR/config.json``, ``RUN_DIR/splits.csv``, ``RUN_DIR/<split>_triplets.csv``
@@ -508,6 +581,13 @@ def evaluate_run(run_dir: str, prepared_dir: str, split: str = "test", baselines
     Writes ``metrics.json``, ``accuracy.png`` and ``disentanglement.png`` to
     ``out_dir`` (default ``RUN_DIR/eval_<split>``, or ``RUN_DIR/eval_<split>_<model name>``
     with ``model_path``).
+
+    With ``confounded`` it also scores the confounded triplets
+    (:mod:`disentangled_ml.data.confounded_triplets`): ``RUN_DIR/<split>_confounded_triplets.csv``,
+    built from the split's labels with the split's seed the first time and reused after,
+    as the random set is. They are reported under ``"confounded"`` in ``metrics.json``
+    (with ``"file"``, ``"seed"`` and ``"reused"``), in the table, as a second panel of
+    ``accuracy.png`` and in ``disentanglement_confounded.png``.
 
     Args:
         run_dir: the training run directory.
@@ -524,10 +604,13 @@ def evaluate_run(run_dir: str, prepared_dir: str, split: str = "test", baselines
         seed: seeds the baselines (crops, k-means, untrained weights).
         batch_size: crops per forward pass.
         progress: show progress bars.
+        confounded: also build (or reuse) and score the confounded triplets.
 
     Returns:
         ``(metrics, paths)``: the metrics dict written to ``metrics.json`` and
-        ``{"metrics": ..., "accuracy": ..., "disentanglement": ...}`` file paths.
+        ``{"metrics": ..., "accuracy": ..., "disentanglement": ...}`` file paths
+        (:func:`~disentangled_ml.evaluation.report.write_report`; with ``confounded`` also
+        ``"confounded_triplets"``, the CSV).
 
     Raises:
         EvaluationError: a missing or inconsistent input; the message names it.
@@ -565,6 +648,8 @@ def evaluate_run(run_dir: str, prepared_dir: str, split: str = "test", baselines
     if not os.path.isfile(triplet_path):
         raise EvaluationError(f"{triplet_path} does not exist; dml train writes the fixed {split} triplets there.")
     triplets = read_eval_triplets(triplet_path)
+    conf_triplets, conf_info = _confounded_set(run_dir, split, tracks, tables, rows, config) if confounded \
+        else (None, None)
 
     dim = config.conditions.embedding_dim
     model_path = model_path or os.path.join(run_dir, "embedding.keras")
@@ -600,8 +685,11 @@ def evaluate_run(run_dir: str, prepared_dir: str, split: str = "test", baselines
             specs.append(EmbedderSpec("untrained", untrained, label="untrained"))
 
     metrics = evaluate_many(specs, triplets, DecodedAudio([tracks[r] for r in rows] + _triplet_tracks(
-        tracks, triplets, rows), config.frontend.sample_rate), tracks, config, rows, tables=tables,
-        segments_per_track=segments_per_track, k=k, batch_size=batch_size, progress=progress)
+        tracks, triplets + (conf_triplets or []), rows), config.frontend.sample_rate), tracks, config, rows,
+        tables=tables, segments_per_track=segments_per_track, k=k, batch_size=batch_size, progress=progress,
+        confounded=conf_triplets)
+    if conf_info is not None:
+        metrics["confounded"] = {**conf_info, **metrics["confounded"]}
     metrics = {
         "split": split, "run_dir": os.path.abspath(run_dir), "prepared_dir": os.path.abspath(prepared_dir),
         "model": os.path.abspath(model_path), "model_kind": kind, "mask_mode": config.model.mask_mode,
@@ -612,7 +700,36 @@ def evaluate_run(run_dir: str, prepared_dir: str, split: str = "test", baselines
             "_" + os.path.basename(os.path.normpath(model_path)).replace(".keras", "")
         out_dir = os.path.join(run_dir, f"eval_{split}{suffix}")
     paths = write_report(metrics, out_dir)
+    if conf_info is not None:
+        paths["confounded_triplets"] = conf_info["file"]
     return metrics, paths
+
+
+def _confounded_set(run_dir: str, split: str, tracks: Sequence[Track], tables: Any, rows: Sequence[int],
+                    config: Config) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """The split's confounded triplets: read ``RUN_DIR/<split>_confounded_triplets.csv``, or build and
+    write it (seeded like the random set, :func:`~disentangled_ml.data.confounded_triplets.eval_seed`).
+
+    Returns:
+        ``(triplets, info)``: the rows, and ``{"file", "seed", "reused"}`` for ``metrics.json``.
+        A run directory that cannot be written to gets a warning; the set is still scored.
+    """
+    from disentangled_ml.data.confounded_triplets import (build_confounded_triplets, confounded_triplets_path,
+                                                          eval_seed, write_confounded_triplets)
+    from disentangled_ml.data.eval_triplets import read_eval_triplets
+
+    path = confounded_triplets_path(run_dir, split)
+    seed = eval_seed(config, split)
+    info = {"file": os.path.abspath(path), "seed": seed, "reused": os.path.isfile(path)}
+    if info["reused"]:
+        return read_eval_triplets(path), info
+    triplets = build_confounded_triplets(tracks, tables, rows, config, seed=seed)
+    try:
+        write_confounded_triplets(triplets, path)
+    except OSError as e:
+        log.warning("the confounded triplets cannot be saved to %s (%s); they are scored but rebuilt next time.",
+                    path, e)
+    return triplets, info
 
 
 def _triplet_tracks(tracks: Sequence[Track], triplets: Sequence[Mapping[str, Any]], rows: Sequence[int]) -> List[Track]:
