@@ -361,3 +361,18 @@ def test_evaluate_run_writes_confounded_entries_for_model_and_baselines(tmp_path
                               progress=False, out_dir=str(tmp_path / "without"), confounded=False)
     assert "confounded" not in without
     assert _jsonable(without["embedders"]["model"]) == data["embedders"]["model"]
+
+
+def test_accuracy_plot_takes_a_wilson_bound_a_rounding_error_inside_the_value(tmp_path):
+    """At an accuracy of 1.0 the Wilson upper bound can be 0.9999999999999999: the whiskers must not fail."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from disentangled_ml.evaluation.report import _bar_panel
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    _bar_panel(ax, ["genre", "mood"], [("model", [1.0, 0.5], [(0.99, 0.9999999999999999), (0.4, 0.6)])],
+               whiskers=True)
+    fig.savefig(str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 0

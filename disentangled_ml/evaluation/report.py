@@ -112,7 +112,9 @@ def _bar_panel(ax, conds: List[str], series, whiskers: bool) -> None:
             hi = np.array([np.nan if c is None else c[1] for c in cis], dtype=float)
             ok = np.isfinite(vals) & np.isfinite(lo) & np.isfinite(hi)
             if ok.any():
-                ax.errorbar(pos[ok], vals[ok], yerr=[vals[ok] - lo[ok], hi[ok] - vals[ok]], fmt="none",
+                # clipped at 0: a Wilson bound at an accuracy of 1.0 can come out a rounding error below it
+                yerr = np.maximum([vals[ok] - lo[ok], hi[ok] - vals[ok]], 0.0)
+                ax.errorbar(pos[ok], vals[ok], yerr=yerr, fmt="none",
                             ecolor="black", elinewidth=0.7, capsize=1.5)
         for b, v in zip(bars, vals):
             if np.isfinite(v):
