@@ -230,8 +230,10 @@ def apply_heads(embedding: Any, heads: Dict[str, Dict[str, Any]], xp: Any = np) 
 #: Layers that stay float in the full-integer model besides the frontend: the onset branch
 #: divides an autocorrelation by its lag-0 energy, a ratio of small differences of the
 #: log-mel that int8 calibration ranges flatten (cosine to the float model fell below 0.9);
-#: the harmony branch's pitch-class profile divides each frame's profile by its length, the same kind of ratio.
-FLOAT_LAYERS = ("onset_autocorrelation", "pitch_class_profile")
+#: the harmony branch's pitch-class profile divides each frame's profile by its length, the same kind of ratio;
+#: "embedding" is the L2Normalize head, whose per-slice form (model.slice_norm) is a reshape, an L2
+#: normalisation and a constant scale rather than the one output op the quantiser left float by itself.
+FLOAT_LAYERS = ("onset_autocorrelation", "pitch_class_profile", "embedding")
 
 
 def frontend_node_pattern(frontend_layer_name: str) -> "re.Pattern[str]":

@@ -58,8 +58,10 @@ class L2Normalize(keras.layers.Layer):
         dim = x.shape[-1]
         parts = ops.reshape(x, (-1, self.groups, dim // self.groups))
         sq = ops.sum(ops.square(parts), axis=-1, keepdims=True)
-        parts = parts * (ops.rsqrt(ops.maximum(sq, self.epsilon)) * (1.0 / self.groups ** 0.5))
-        return ops.reshape(parts, (-1, dim))
+        # the same x * rsqrt(max(sum(x^2), eps)) as above, so TFLite fuses it into L2_NORMALIZATION
+        # over each group; the constant radius comes after
+        parts = parts * ops.rsqrt(ops.maximum(sq, self.epsilon))
+        return ops.reshape(parts * (1.0 / self.groups ** 0.5), (-1, dim))
 
     def build(self, input_shape):
         dim = input_shape[-1]
