@@ -3,7 +3,6 @@ every transposition, routed to the mood slice; and what configs saved by earlier
 
 import json
 
-import keras
 import numpy as np
 import pytest
 
@@ -11,7 +10,7 @@ from disentangled_ml.config import BACKBONE_DEFAULTS, Config, ConfigError
 from disentangled_ml.features import log_mel
 from disentangled_ml.models.backbones import SliceGate, build_backbone
 from disentangled_ml.models.harmony import PITCH_CLASSES, CircularTemplates, PitchClassProfile, chroma_folding
-from collections_for_tests import tiny_config
+from collections_for_tests import assert_backbone_reloads, tiny_config
 
 FE = Config().frontend
 MAJOR, MINOR = (0, 4, 7), (0, 3, 7)
@@ -101,12 +100,7 @@ def test_layers_serialise_without_custom_objects(tmp_path):
     again = PitchClassProfile.from_config(json.loads(json.dumps(PitchClassProfile.from_frontend(FE).get_config())))
     np.testing.assert_array_equal(again._folding, PitchClassProfile.from_frontend(FE)._folding)
     cfg = tiny_config(**{"model.width": 4, "model.chroma_templates": 3})
-    net = build_backbone(cfg)
-    path = str(tmp_path / "net.keras")
-    net.save(path)
-    loaded = keras.saving.load_model(path)
-    x = np.random.default_rng(1).normal(size=(2, cfg.frontend.num_frames, cfg.frontend.n_bands)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(net(x)), atol=1e-5)
+    assert_backbone_reloads(cfg, tmp_path)
 
 
 def test_harmony_branch_feeds_the_mood_slice_only():

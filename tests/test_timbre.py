@@ -10,7 +10,7 @@ from disentangled_ml.config import BACKBONE_DEFAULTS, Config, ConfigError
 from disentangled_ml.models.backbones import SliceGate, build_backbone
 from disentangled_ml.models.timbre import timbre_features, timbre_kernel
 
-from collections_for_tests import tiny_config
+from collections_for_tests import assert_backbone_reloads, tiny_config
 
 
 def test_default_has_a_timbre_branch_for_the_instrument_slice_only():
@@ -60,12 +60,7 @@ def test_features_do_not_depend_on_where_in_pitch_and_time_a_pattern_sits():
 
 def test_timbre_branch_serialises_and_old_configs_have_none(tmp_path):
     cfg = tiny_config(**{"model.width": 4, "model.timbre_filters": 3})
-    net = build_backbone(cfg)
-    path = str(tmp_path / "net.keras")
-    net.save(path)
-    loaded = keras.saving.load_model(path)
-    x = np.random.default_rng(1).normal(size=(2, cfg.frontend.num_frames, cfg.frontend.n_bands)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(net(x)), atol=1e-5)
+    assert_backbone_reloads(cfg, tmp_path)
     with pytest.raises(ConfigError, match=r"model\.timbre_filters"):
         Config().replace(**{"model.timbre_filters": -1})
     with pytest.raises(ConfigError, match=r"model\.timbre_conditions"):
