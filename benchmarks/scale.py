@@ -9,7 +9,7 @@ CPU run (default), all processes on this machine, talking over 127.0.0.1 only:
      (``dml data-service worker``; the dispatcher runs in this process);
    each timed after a warm-up that fills the workers' memory caches.
 2. ``training``: steps per second of the custom multi-worker loop
-   (:func:`disentangled_ml.distributed.make_train_step`, per-replica batch
+   (:func:`disentangled_ml.training.distributed.make_train_step`, per-replica batch
    ``train.batch_size``) with one worker process, and with two worker processes
    under MultiWorkerMirroredStrategy (TF_CONFIG on 127.0.0.1 ports). Two workers
    on one machine share its cores, so this shows the loop's overhead, not a
@@ -166,7 +166,7 @@ def bench_service(prepared: str, config, batches: int, workers: int, logs_dir: s
 def measure_training(strategy, config, prepared: str, steps: int, warmup: int, max_seconds: float) -> dict:
     """Steps/s of the custom loop and the share of time waiting for input, in this process."""
     from disentangled_ml.data.pipeline import training_dataset
-    from disentangled_ml.distributed import PIPELINE_SEED_STRIDE, make_train_step
+    from disentangled_ml.training.distributed import PIPELINE_SEED_STRIDE, make_train_step
     from disentangled_ml.models.trainer import build_triplet_model
 
     tracks, tables, rows = _collection(prepared, config)
@@ -211,7 +211,7 @@ def _train_worker(args) -> int:
     """One training process (``--train-worker``): MultiWorkerMirroredStrategy when TF_CONFIG is set."""
     import tensorflow as tf
 
-    from disentangled_ml.distributed import make_strategy, multi_worker_cluster
+    from disentangled_ml.training.distributed import make_strategy, multi_worker_cluster
 
     # the strategy first: MultiWorkerMirroredStrategy must configure the runtime before any op
     strategy = make_strategy() if multi_worker_cluster() is not None else tf.distribute.get_strategy()

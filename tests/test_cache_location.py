@@ -2,7 +2,7 @@
 
 Multi-worker training once took ``"auto"`` for a directory name and wrote tf.data file caches to
 ``./auto/pipeline-N`` in the working directory. These tests build each worker's pipeline config the
-way :func:`disentangled_ml.distributed.train_distributed` does, from an empty working directory, and
+way :func:`disentangled_ml.training.distributed.train_distributed` does, from an empty working directory, and
 check that nothing is written there. No training: one batch of a tiny collection at most.
 """
 
@@ -13,7 +13,7 @@ import pytest
 from disentangled_ml.data import pipeline
 from disentangled_ml.data.labels import LabelTables
 from disentangled_ml.data.pipeline import training_dataset
-from disentangled_ml.distributed import PIPELINE_SEED_STRIDE, _pipeline_config
+from disentangled_ml.training.distributed import PIPELINE_SEED_STRIDE, _pipeline_config
 from collections_for_tests import tiny_config, write_tracks
 
 

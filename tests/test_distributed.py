@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from disentangled_ml.config import ConfigError
-from disentangled_ml.distributed import multi_worker_cluster
+from disentangled_ml.training.distributed import multi_worker_cluster
 from collections_for_tests import make_prepared, process_timeout
 
 # "plain" keeps graph tracing cheap: the loop, not the backbone, is under test.
@@ -49,6 +49,48 @@ def _env(**extra):
     return env
 
 
+def _start_workers(cmds, cluster, tmp_path, tag="worker"):
+    """One process per worker of ``cluster`` (``cmds[i]`` with its TF_CONFIG), output in tmp_path/{tag}{i}.log."""
+    procs, logs = [], []
+    for i, cmd in enumerate(cmds):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        log = open(tmp_path / f"{tag}{i}.log", "w+")
+        logs.append(log)
+        procs.append(subprocess.Popen(cmd, env=_env(TF_CONFIG=tf_config), stdout=log, stderr=subprocess.STDOUT,
+                                      text=True))
+    return procs, logs
+
+
+def _stop_workers(procs, logs):
+    """Kill what still runs; the workers' outputs."""
+    outputs = []
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
+    return outputs
+
+
+def _run_workers(cmds, cluster, tmp_path, tag="worker", worst_seconds=240):
+    """Run a cluster to its end; assert every worker exited 0 in time. Returns their outputs."""
+    procs, logs = _start_workers(cmds, cluster, tmp_path, tag)
+    try:
+        deadline = time.time() + process_timeout(worst_seconds)
+        while time.time() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        finished = [p.poll() for p in procs]
+    finally:
+        outputs = _stop_workers(procs, logs)
+    for code, text in zip(finished, outputs):
+        assert code is not None, "a worker did not finish in time:\n" + text[-3000:]
+        assert code == 0, text[-4000:]
+    return outputs
+
+
 # Saves the weights at train begin and end (after early stopping restored its best ones).
 WEIGHT_SAVER = textwrap.dedent("""
     import keras, numpy as np
@@ -77,7 +119,7 @@ def test_mirrored_two_replicas_trains_and_resumes(prepared, tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from disentangled_ml.config import Config
-        from disentangled_ml.distributed import train_distributed
+        from disentangled_ml.training.distributed import train_distributed
         cfg = Config.from_json({cfg_path!r})
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
@@ -127,39 +169,14 @@ def test_two_worker_processes_on_loopback_train_the_same_weights(prepared, tmp_p
     script = WEIGHT_SAVER + textwrap.dedent(f"""
         import json, os, sys
         from disentangled_ml.config import Config
-        from disentangled_ml.distributed import train_distributed
+        from disentangled_ml.training.distributed import train_distributed
         index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
         path = os.path.join({str(tmp_path)!r}, f"worker{{index}}.npz")
         summary = train_distributed({prepared_dir!r}, {run!r}, Config.from_json({cfg_path!r}), verbose=0,
                                     callbacks=[SaveWeights(path)])
         print("SUMMARY", json.dumps(summary))
     """)
-    procs = []
-    logs = []
-    try:
-        for i in range(2):
-            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-            log = open(tmp_path / f"worker{i}.log", "w+")
-            logs.append(log)
-            procs.append(subprocess.Popen([sys.executable, "-c", script], env=_env(TF_CONFIG=tf_config),
-                                          stdout=log, stderr=subprocess.STDOUT, text=True))
-        deadline = time.time() + process_timeout(240)
-        while time.time() < deadline and any(p.poll() is None for p in procs):
-            time.sleep(0.5)
-        outputs = []
-        for log in logs:
-            log.seek(0)
-            outputs.append(log.read())
-        for p, text in zip(procs, outputs):
-            assert p.poll() is not None, "a worker did not finish in time:\n" + text[-3000:]
-            assert p.returncode == 0, text[-4000:]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
+    outputs = _run_workers([[sys.executable, "-c", script]] * 2, cluster, tmp_path)
 
     chief = json.loads(outputs[0].split("SUMMARY", 1)[1].splitlines()[0])
     other = json.loads(outputs[1].split("SUMMARY", 1)[1].splitlines()[0])
@@ -175,6 +192,49 @@ def test_two_worker_processes_on_loopback_train_the_same_weights(prepared, tmp_p
     with open(os.path.join(run, "history.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+@pytest.mark.slow
+def test_two_worker_cluster_resumes_after_kill(prepared, tmp_path):
+    """The single-machine kill-and-resume test (test_training.py), on a two-worker cluster driven by
+    `dml train` itself: SIGKILL both workers in the second epoch, start the cluster again with the
+    same command, and it finishes without redoing the epochs done before the kill."""
+    prepared_dir, _, cfg = prepared
+    run = str(tmp_path / "run")
+    cfg_path = str(tmp_path / "cfg.json")
+    cfg.replace(**{"train.epochs": 4, "train.steps_per_epoch": 30}).to_json(cfg_path)
+    cmd = [sys.executable, "-m", "disentangled_ml", "train", prepared_dir, "--out", run, "--config", cfg_path,
+           "--quiet"]
+    history = os.path.join(run, "history.csv")
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    procs, logs = _start_workers([cmd] * 2, cluster, tmp_path, tag="killed")
+    try:
+        deadline = time.time() + process_timeout(240)
+        # kill once the first epoch is done and saved (its history row and the loop's resume
+        # checkpoint, written last), i.e. early in the second
+        saved = os.path.join(run, "checkpoints", "distributed", "checkpoint")
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            if os.path.isfile(saved) and os.path.isfile(history) and len(open(history).read().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        running = all(p.poll() is None for p in procs)
+    finally:
+        outputs = _stop_workers(procs, logs)
+    assert running, "the cluster finished or died before it could be interrupted:\n" + outputs[0][-3000:]
+    assert not os.path.isfile(os.path.join(run, "run.json"))  # it did not finish
+
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}  # a restarted cluster gets new ports
+    _run_workers([cmd] * 2, cluster, tmp_path, tag="resumed", worst_seconds=600)
+    with open(history) as f:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
+    # epochs completed before the kill are not rerun; the run finishes all 4
+    assert epochs[-1] == 3 and sorted(set(epochs)) == [0, 1, 2, 3]
+    assert len(epochs) <= 5  # at most the interrupted epoch's row repeats
+    summary = json.load(open(os.path.join(run, "run.json")))
+    assert summary["epochs_total"] == 4 and summary["workers"] == 2
+    assert summary["epochs_this_call"] <= 3  # resumed: epoch 0 (at least) was not trained again
+    for name in ("best.keras", "embedding.keras", "checkpoints/last.keras"):
+        assert os.path.isfile(os.path.join(run, name)), name
 
 
 def test_tf_config_parsing():

@@ -49,12 +49,8 @@ PACKAGE_DIRS = _package_dirs()
 #: issue item that will remove it. Keep it short; an entry whose edge no longer exists
 #: fails :func:`test_known_edges_still_exist`, so that it is removed with the cycle.
 KNOWN_EDGES: Dict[Tuple[str, str], str] = {
-    # issue 15 item 1: shared run loop. training.train() hands a multi-worker run to
-    # distributed.train_distributed (a lazy import), which runs on training's helpers
-    # (prepare_run, the callbacks, the summary). The cycle goes when the loop both share
-    # moves out of training.py; until then this edge is the one known cycle, and any
-    # other still fails.
-    ("disentangled_ml.training", "disentangled_ml.distributed"): "issue 15 item 1: shared run loop",
+    # (empty: the last one, training <-> distributed, went when both loops moved onto the
+    # shared run set-up, callbacks and finish of disentangled_ml.training, issue 15 item 1)
 }
 
 #: What config.py may import from the package: leaf modules with no TensorFlow, which

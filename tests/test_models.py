@@ -292,7 +292,7 @@ def test_runs_under_mirrored_strategy():
                                   "frontend.segment_seconds": 0.5, "model.width": 4, "model.backbone": "plain"})
         rng = np.random.default_rng(0)
         F, M = cfg.frontend.num_frames, cfg.frontend.n_bands
-        from disentangled_ml.distributed import AverageMovingStatistics, _moving_statistics
+        from disentangled_ml.training.replicas import AverageMovingStatistics, moving_statistics as _moving_statistics
         # examples of growing scale: the two replicas' halves of a batch have different statistics
         x = {k: (rng.normal(size=(16, F, M)) * (1 + np.arange(16)[:, None, None])).astype("float32")
              for k in ("anchor", "positive", "negative")}

@@ -115,7 +115,7 @@ def test_backup_killed_mid_write_keeps_the_previous_epoch(tmp_path):
     import keras
     import numpy as np
 
-    from disentangled_ml.training import _AtomicBackupAndRestore
+    from disentangled_ml.training.callbacks import AtomicBackupAndRestore as _AtomicBackupAndRestore
 
     def model():
         m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])

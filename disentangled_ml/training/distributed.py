@@ -39,9 +39,10 @@ How the pieces map:
 * Validation: the fixed validation triplets are split between workers; each step
   takes one batch per replica, for ``ceil(triplets / global batch)`` steps, so a
   few triplets count twice when the split does not divide evenly.
-* Schedule and logs: the callbacks of :func:`disentangled_ml.training.schedule_callbacks`
-  (plateau learning rate, early stopping), ``last.keras``/``best.keras``, CSV and
-  TensorBoard scalars, called at epoch end by this loop. Every worker runs them
+* Schedule and logs: the callbacks of ``model.fit``'s path
+  (:func:`disentangled_ml.training.callbacks.run_callbacks`: plateau learning rate,
+  early stopping, the kill-safe ``last.keras``/``best.keras``, CSV and TensorBoard
+  scalars), called at train and epoch begin and end by this loop. Every worker runs them
   (their decisions rest on identical, all-reduced numbers); the chief writes to
   the run directory, the others to a temporary directory that is deleted, the
   usual pattern for multi-worker saving (saving reads synchronised variables,
@@ -59,7 +60,6 @@ pass it as ``strategy``.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -75,7 +75,12 @@ import tensorflow as tf
 
 from disentangled_ml.config import Config, ConfigError
 from disentangled_ml.data.manifest import Track
-from disentangled_ml.data.pipeline import resolve_cache
+from disentangled_ml.data.pipeline import DecodeStats, resolve_cache
+from disentangled_ml.training.callbacks import run_callbacks
+from disentangled_ml.training.finish import finish_run
+from disentangled_ml.training.history import best_score, elapsed_seconds
+from disentangled_ml.training.replicas import agree, from_first_replica, make_average, moving_statistics, sync_config
+from disentangled_ml.training.run_setup import eval_dataset, prepare_run
 
 log = logging.getLogger(__name__)
 
@@ -143,105 +148,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if kind is None:
         return True
     return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
-
-
-# --------------------------------------------------------------------------- collectives
-
-def _from_first_replica(strategy: tf.distribute.Strategy, values: np.ndarray) -> np.ndarray:
-    """``values`` as the chief holds them, on every worker (sum of the chief's and zeros).
-
-    The chief's first replica is replica 0 of the sync group.
-    """
-    v = tf.constant(np.asarray(values, np.float64))
-
-    def fn():
-        first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
-        return tf.where(first, v, tf.zeros_like(v))
-
-    return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(fn), axis=None).numpy()
-
-
-def _agree(strategy: tf.distribute.Strategy, value: float) -> bool:
-    """True when ``value`` is the same on every replica (the same answer on all of them)."""
-    n = strategy.num_replicas_in_sync
-    v = tf.constant(float(value), tf.float64)
-
-    def fn():
-        # every replica's value at its own position; summing gathers them all everywhere
-        rid = tf.distribute.get_replica_context().replica_id_in_sync_group
-        return tf.one_hot(rid, n, dtype=tf.float64) * v
-
-    values = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(fn), axis=None).numpy()
-    return bool(np.all(values == values[0]))
-
-
-def _sync_config(strategy: tf.distribute.Strategy, config: Config) -> Config:
-    """The chief's mel statistics on every worker, and a check that the workers' configs match.
-
-    Each worker measured the statistics itself (same tracks, same seed); taking the
-    chief's makes them bit-identical even across different hardware.
-    """
-    fe = config.frontend
-    mean, std = _from_first_replica(strategy, [fe.norm_mean, fe.norm_std])
-    config = config.replace(**{"frontend.norm_mean": float(mean), "frontend.norm_std": float(std)})
-    if not _agree(strategy, float(int(config.hash()[:8], 16))):
-        raise ConfigError("the workers of the cluster run different configs (the hash of config.json differs): give "
-                          "every worker the same --config/--set options, prepared collection and run directory.")
-    return config
-
-
-def _moving_statistics(model: keras.Model) -> List[Any]:
-    """Float non-trainable variables (batch-norm moving statistics) to average across replicas."""
-    return [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
-
-
-def _make_average(strategy: tf.distribute.Strategy, variables: Sequence[Any]) -> Callable[[], None]:
-    tf_vars = [getattr(v, "value", v) for v in variables]
-
-    def replica_fn():
-        ctx = tf.distribute.get_replica_context()
-        means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in tf_vars])
-        for v, m in zip(tf_vars, means):
-            v.assign(m)  # aggregation NONE: each replica writes its own copy, all the same mean
-
-    @tf.function
-    def average():
-        if tf_vars:
-            strategy.run(replica_fn)
-
-    return average
-
-
-class AverageMovingStatistics(keras.callbacks.Callback):
-    """Average the batch-norm moving statistics across replicas inside ``model.fit``.
-
-    Under ``MirroredStrategy`` (one machine, several GPUs) Keras 3 leaves each
-    replica its own copy of the moving statistics (see the module docstring), and
-    saving writes replica 0's copy, which has seen only 1/N of the batches. This
-    averages the copies before every validation pass and at every epoch end, so
-    validation, checkpoints and the exported model all use the statistics of the
-    whole global batch, as in the multi-worker loop. Put it before the callbacks
-    that save. A no-op with one replica.
-    """
-
-    def __init__(self, strategy: tf.distribute.Strategy):
-        super().__init__()
-        self._strategy = strategy
-        self._average: Optional[Callable[[], None]] = None
-
-    def on_train_begin(self, logs=None):
-        if self._strategy.num_replicas_in_sync > 1:
-            self._average = _make_average(self._strategy, _moving_statistics(self.model))
-
-    def _run(self):
-        if self._average is not None:
-            self._average()
-
-    def on_test_begin(self, logs=None):
-        self._run()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._run()
 
 
 # --------------------------------------------------------------------------- steps
@@ -318,7 +224,7 @@ def fit_distributed(strategy: tf.distribute.Strategy, model: keras.Model, train_
         if latest:
             checkpoint.restore(latest).expect_partial()
             log.info("resumed from %s (epoch %d done)", latest, int(epoch_var.numpy()))
-    if not _agree(strategy, float(epoch_var.numpy())):
+    if not agree(strategy, float(epoch_var.numpy())):
         raise ConfigError("the workers restored different epochs: the run directory's checkpoints/distributed must "
                           "be readable by every worker (shared storage), or be absent on all of them.")
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2) if checkpoint_dir else None
@@ -326,7 +232,7 @@ def fit_distributed(strategy: tf.distribute.Strategy, model: keras.Model, train_
     train_step = make_train_step(strategy, model)
     test_step = _make_test_step(strategy, model)
     read_metrics = _make_read_metrics(model)
-    average_statistics = _make_average(strategy, _moving_statistics(model))
+    average_statistics = make_average(strategy, moving_statistics(model))
     iterator = iter(strategy.distribute_datasets_from_function(train_dataset_fn))
     callback_list = keras.callbacks.CallbackList(list(callbacks), model=model)
     model.stop_training = False
@@ -379,6 +285,10 @@ def _pipeline_config(config: Config, pipeline_id: int, tracks: Sequence[Track], 
     return config.replace(**overrides)
 
 
+def _or_minus_inf(value: Optional[float]) -> float:
+    return float("-inf") if value is None else float(value)
+
+
 def train_distributed(prepared_dir: str, run_dir: str, config: Optional[Config] = None, verbose: int = 1,
                       strategy: Optional[tf.distribute.Strategy] = None, data_service: Optional[str] = None,
                       audio_dir: Optional[str] = None,
@@ -400,8 +310,6 @@ def train_distributed(prepared_dir: str, run_dir: str, config: Optional[Config] 
         audio_dir: TFRecord audio shards (default ``PREPARED_DIR/audio`` when present).
         callbacks: extra Keras callbacks (epoch and train hooks only).
     """
-    from disentangled_ml import training
-    from disentangled_ml.data.pipeline import DecodeStats
     from disentangled_ml.models.trainer import build_triplet_model
 
     if strategy is None:
@@ -419,8 +327,8 @@ def train_distributed(prepared_dir: str, run_dir: str, config: Optional[Config] 
         if os.path.isfile(chief_config):  # resuming: resolve the config as the chief does
             shutil.copy(chief_config, os.path.join(work_dir, "config.json"))
     try:
-        data = training.prepare_run(prepared_dir, work_dir, config, audio_dir=audio_dir)
-        config = _sync_config(strategy, data.config)
+        data = prepare_run(prepared_dir, work_dir, config, audio_dir=audio_dir)
+        config = sync_config(strategy, data.config)
         data = dataclasses.replace(data, config=config)
         replicas = strategy.num_replicas_in_sync
         global_batch = config.train.batch_size * replicas
@@ -439,26 +347,19 @@ def train_distributed(prepared_dir: str, run_dir: str, config: Optional[Config] 
 
         def val_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
             part = val_triplets[ctx.input_pipeline_id::ctx.num_input_pipelines] or val_triplets
-            return training.eval_dataset(part, data.val_audio, config, ctx.get_per_replica_batch_size(global_batch))
+            return eval_dataset(part, data.val_audio, config, ctx.get_per_replica_batch_size(global_batch))
 
         with strategy.scope():
             model = build_triplet_model(config)
             model.optimizer.build(model.trainable_variables)
 
+        # Every worker saves (a collective), so every worker must take the same decisions: the
+        # best score so far is the chief's, read from the run directory's history.
+        best = float(from_first_replica(strategy, [_or_minus_inf(best_score(run_dir))])[0])
+        cbs = run_callbacks(work_dir, config, best=None if np.isinf(best) else best,
+                            elapsed_s=elapsed_seconds(run_dir), decode_stats=decode_stats, write_graph=False,
+                            verbose=verbose if chief else 0) + list(callbacks)
         ckpt_dir = os.path.join(work_dir, "checkpoints")
-        os.makedirs(ckpt_dir, exist_ok=True)
-        cbs: List[keras.callbacks.Callback] = []
-        if decode_stats is not None:
-            cbs.append(training._DecodeStatsLogger(decode_stats))
-        cbs += [
-            keras.callbacks.ModelCheckpoint(os.path.join(ckpt_dir, "last.keras")),
-            keras.callbacks.ModelCheckpoint(os.path.join(work_dir, "best.keras"), monitor=training.MONITOR,
-                                            mode="max", save_best_only=True),
-        ] + training.schedule_callbacks(config, verbose if chief else 0) + [
-            keras.callbacks.CSVLogger(os.path.join(work_dir, "history.csv"), append=True),
-            keras.callbacks.TensorBoard(os.path.join(work_dir, "tensorboard"), update_freq="epoch",
-                                        write_graph=False),
-        ] + list(callbacks)
         val_steps = -(-len(val_triplets) // global_batch)
         history = fit_distributed(strategy, model, train_fn, config.train.epochs, config.train.steps_per_epoch,
                                   val_fn, val_steps, cbs, checkpoint_dir=os.path.join(ckpt_dir, "distributed"),
@@ -467,44 +368,11 @@ def train_distributed(prepared_dir: str, run_dir: str, config: Optional[Config] 
         summary: Dict[str, object] = {"replicas": replicas, "workers": workers, "chief": chief,
                                       "tensorboard": os.path.join(run_dir, "tensorboard")}
         if chief:
-            summary = _finish_run(prepared_dir, run_dir, config, data, history, decode_stats, summary)
+            summary = finish_run(prepared_dir, run_dir, data, model, len(history), decode_stats, extra=summary)
         # Nobody leaves before the chief has written the run: a worker exiting early
         # trips the cluster's heartbeat checks.
-        _agree(strategy, 0.0)
+        agree(strategy, 0.0)
         return summary
     finally:
         if not chief:
             shutil.rmtree(work_dir, ignore_errors=True)
-
-
-def _finish_run(prepared_dir: str, run_dir: str, config: Config, data, history: List[Dict[str, float]],
-                decode_stats, summary: Dict[str, object]) -> Dict[str, object]:
-    """The chief's epilogue, as :func:`disentangled_ml.training.train` ends a run."""
-    from disentangled_ml import training
-
-    best_path = os.path.join(run_dir, "best.keras")
-    model = keras.saving.load_model(best_path) if os.path.isfile(best_path) else None
-    if model is None:
-        model = keras.saving.load_model(os.path.join(run_dir, "checkpoints", "last.keras"))
-    waveform_model = training.save_run_model(run_dir, config, model)
-    projector_dir = training.write_validation_projector(run_dir, waveform_model, data.tracks,
-                                                        data.splits["validation"], config, decoded=data.val_audio)
-    history_csv = os.path.join(run_dir, "history.csv")
-    training.plot_history(history_csv, os.path.join(run_dir, "training_curves.png"))
-    with open(history_csv) as f:
-        rows = list(csv.DictReader(f))
-    scores = [float(r[training.MONITOR]) for r in rows if r.get(training.MONITOR)]
-    summary = {
-        "prepared_dir": os.path.abspath(prepared_dir),
-        "config_hash": config.hash(),
-        "epochs_this_call": len(history),
-        "epochs_total": len({r["epoch"] for r in rows}),  # an interrupted epoch may have a row twice
-        "best_val_mean_acc": max(scores) if scores else None,
-        "decode": decode_stats.as_dict() if decode_stats is not None else None,
-        "tensorboard": os.path.join(run_dir, "tensorboard"),
-        "projector": projector_dir,
-        **summary,
-    }
-    with open(os.path.join(run_dir, "run.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary
