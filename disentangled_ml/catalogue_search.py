@@ -134,14 +134,17 @@ def _export_config(export_dir: str) -> Dict[str, Any]:
 
 
 def load_export_embedder(export_dir: str, backend: str = "saved_model", batch_size: int = 32,
-                         num_threads: Optional[int] = None) -> Tuple[Callable[[np.ndarray], np.ndarray], Dict[str, Any]]:
+                         num_threads: Optional[int] = None, tflite_file: str = "model.tflite"
+                         ) -> Tuple[Callable[[np.ndarray], np.ndarray], Dict[str, Any]]:
     """The export's waveform -> embedding function, and its config.json.
 
     Args:
         export_dir: an export directory (``dml export``).
-        backend: ``"saved_model"`` (TensorFlow) or ``"tflite"`` (``model.tflite`` with LiteRT).
+        backend: ``"saved_model"`` (TensorFlow) or ``"tflite"`` (a ``.tflite`` file with LiteRT).
         batch_size: segments per call.
         num_threads: LiteRT threads (tflite only).
+        tflite_file: which ``.tflite`` variant of the export (tflite only): ``model.tflite`` (float32),
+            ``model_fp16.tflite``, ``model_int8.tflite`` or ``model_int8_full.tflite``.
 
     Returns:
         ``(embed, config)``: ``embed(float32 [n, segment_samples]) -> float32 [n, D]``.
@@ -150,9 +153,11 @@ def load_export_embedder(export_dir: str, backend: str = "saved_model", batch_si
     if backend == "tflite":
         from disentangled_ml.export.tflite import TFLiteEmbedder
 
-        path = os.path.join(export_dir, "model.tflite")
+        path = os.path.join(export_dir, tflite_file)
         if not os.path.isfile(path):
-            raise SearchError(f"{path} does not exist; re-export, or use the SavedModel (no --tflite).")
+            present = sorted(f for f in os.listdir(export_dir) if f.endswith(".tflite"))
+            raise SearchError(f"{path} does not exist (the export has {present or 'no .tflite file'}); re-export, "
+                              "or use the SavedModel (no --tflite).")
         return TFLiteEmbedder(path, batch_size=batch_size, num_threads=num_threads), config
     if backend != "saved_model":
         raise SearchError(f"backend {backend!r}: choose 'saved_model' or 'tflite'.")

@@ -19,6 +19,17 @@ disentanglement_confounded.png.
 The model is RUN_DIR/embedding.keras, or --model: another .keras file or an
 export directory (with saved_model/, docs/design.md, contract 2). The prepared
 collection is --prepared, or the prepared_dir recorded in RUN_DIR/run.json.
+
+With --triplets FILE it scores a CSV of triplets instead (e.g. human-rated ones such as
+dim-sim): one per row, columns anchor, positive, negative (audio paths, relative to the
+CSV's folder), optional anchor_start, positive_start, negative_start (seconds, default 0)
+and condition (the view that scores it; empty: the whole embedding and every view). The
+first argument is then a run directory or an export directory (--tflite FILE scores one
+of its .tflite files with LiteRT). Accuracy with 95 % Wilson intervals per condition and
+view and overall, printed and written to DIR/eval_triplets_<file name>/triplet_metrics.json
+(with triplet_scores.csv: every row's distances); bad rows (missing or undecodable file,
+a start past the end, an unknown condition, an empty path) are left out and listed with
+their line and reason. Exit status 1 when no row could be scored.
 """
 
 from __future__ import annotations
@@ -37,7 +48,16 @@ HELP = "evaluate a run: triplet accuracy, disentanglement, retrieval, baselines"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="training run directory (written by dml train)")
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="training run directory (written by dml train); with --triplets also an export "
+                             "directory (dml export)")
+    parser.add_argument("--triplets", metavar="FILE", default=None,
+                        help="score this CSV of triplets (anchor, positive, negative audio paths; optional "
+                             "<role>_start in seconds and condition) instead of the run's split; see the README, "
+                             "'Triplets from a file'")
+    parser.add_argument("--tflite", metavar="FILE", nargs="?", const="model.tflite", default=None,
+                        help="with --triplets and an export directory: run this .tflite file of it with LiteRT "
+                             "instead of the SavedModel (alone: model.tflite)")
     parser.add_argument("--prepared", metavar="PREPARED_DIR", default=None,
                         help="prepared collection the run was trained on; None reads prepared_dir from RUN_DIR/run.json")
     parser.add_argument("--split", choices=("test", "validation"), default="test",
@@ -47,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "RUN_DIR/embedding.keras")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output folder; None is RUN_DIR/eval_<split>, with the model's name appended "
-                             "when --model is given")
+                             "when --model is given (with --triplets: DIR/eval_triplets_<file name>)")
     parser.add_argument("--no-baselines", action="store_true",
                         help="score the model only (no MFCC-VQ, MFCC statistics or untrained network)")
     parser.add_argument("--segments-per-track", type=int, default=DEFAULT_SEGMENTS_PER_TRACK, metavar="N",
@@ -86,7 +106,39 @@ def _prepared_dir(args: argparse.Namespace) -> str:
     return prepared
 
 
+def _run_triplet_file(args: argparse.Namespace) -> int:
+    """``dml evaluate DIR --triplets FILE``: score a triplet CSV, print and write the report."""
+    given = [flag for flag, value in (("--prepared", args.prepared), ("--model", args.model),
+                                      ("--no-baselines", args.no_baselines)) if value]
+    if given:
+        raise CliError(f"{', '.join(given)} do(es) not apply to --triplets: the model is the run or export "
+                       "directory given, and the file is scored without baselines.")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size {args.batch_size}: give a number >= 1.")
+
+    from disentangled_ml.evaluation.embedders import EvaluationError
+    from disentangled_ml.evaluation.triplet_file import evaluate_triplet_file, format_triplet_report
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        result, paths = evaluate_triplet_file(args.run_dir, args.triplets, out_dir=args.out, tflite=args.tflite,
+                                              batch_size=args.batch_size, progress=not args.no_progress)
+    except EvaluationError as e:
+        raise CliError(str(e)) from None
+    print(format_triplet_report(result.report))
+    print(f"\nwrote {paths['metrics']}, {paths['scores']}")
+    if not result.report["scored"]:
+        print("no row of the file could be scored (see the rows left out above).")
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.triplets is not None:
+        return _run_triplet_file(args)
+    if args.tflite is not None:
+        raise CliError("--tflite applies to --triplets only; to evaluate an export on the split, pass --model "
+                       "EXPORT_DIR (its SavedModel).")
     for name in ("segments_per_track", "k", "vq_codebook", "fit_tracks", "batch_size"):
         value = getattr(args, name)
         low = 2 if name == "vq_codebook" else 1

@@ -10,6 +10,8 @@
   audio for every embedder) and :func:`evaluate_run` (a training run directory).
 * :mod:`.report`: ``metrics.json``, ``accuracy.png``, ``disentanglement.png`` (and
   ``disentanglement_confounded.png``), text table.
+* :mod:`.triplet_file`: a CSV of audio triplets (e.g. human-rated) scored with a run or an
+  export (``dml evaluate DIR --triplets FILE``).
 
 Only the metrics are imported eagerly; the rest (TensorFlow, librosa, matplotlib)
 load on first use.
@@ -33,6 +35,8 @@ _LAZY = {
     "MFCCVQ": "baselines", "MFCCStats": "baselines", "untrained_embedder": "baselines",
     "training_crops": "baselines",
     "write_report": "report", "format_table": "report",
+    "evaluate_triplet_file": "triplet_file", "score_triplet_file": "triplet_file",
+    "load_triplet_model": "triplet_file", "read_triplet_file": "triplet_file",
 }
 
 __all__ = ["triplet_accuracy", "triplet_correct", "disentanglement_matrix", "retrieval_metrics", "relevance_matrix",
