@@ -41,7 +41,8 @@ from disentangled_ml.condition_views import ConditionViews, ConditionViewsError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchError", "AudioItem", "list_audio", "load_export_embedder", "embed_file", "embed_collection",
+__all__ = ["SearchError", "AudioItem", "list_audio", "load_export_embedder", "embed_file",
+           "embed_file_segments", "embed_collection",
            "Catalogue", "parse_weights", "DEFAULT_EXACT_BELOW", "DEFAULT_SHARD_SIZE", "WHOLE"]
 
 #: Catalogues smaller than this are searched exactly (numpy); larger ones with hnswlib.
@@ -188,9 +189,18 @@ def track_embedding(segments: np.ndarray, groups: int = 1) -> np.ndarray:
     return (_normalise(mean.reshape(groups, -1)) / np.sqrt(groups)).reshape(-1).astype(np.float32)
 
 
-def embed_file(path: str, embed: Callable[[np.ndarray], np.ndarray], config: Mapping[str, Any],
-               hop_seconds: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Embed one audio file: ``(track embedding float32 [D], segment embeddings float32 [k, D])``.
+def embed_file_segments(path: str, embed: Callable[[np.ndarray], np.ndarray], config: Mapping[str, Any],
+                        hop_seconds: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Embed one audio file segment by segment, as :func:`embed_collection` cuts it.
+
+    Args:
+        path: an audio file.
+        embed: the export's ``float32 [n, segment_samples] -> float32 [n, D]`` (:func:`load_export_embedder`).
+        config: the export's config.json (``sample_rate``, ``segment_samples``).
+        hop_seconds: seconds between segment starts (default: one segment, no overlap).
+
+    Returns:
+        ``(starts float64 [k], segment embeddings float32 [k, D])``: each segment's start in seconds.
 
     Raises:
         AudioDecodeError: the file cannot be decoded.
@@ -205,7 +215,18 @@ def embed_file(path: str, embed: Callable[[np.ndarray], np.ndarray], config: Map
     if not starts.size:
         raise SearchError(f"{path} is {y.size / sr:.2f} s long, shorter than one {seg / sr:g} s segment.")
     segs = np.stack([y[s:s + seg] for s in starts])
-    emb = np.asarray(embed(segs), np.float32)
+    return starts / sr, np.asarray(embed(segs), np.float32)
+
+
+def embed_file(path: str, embed: Callable[[np.ndarray], np.ndarray], config: Mapping[str, Any],
+               hop_seconds: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Embed one audio file: ``(track embedding float32 [D], segment embeddings float32 [k, D])``.
+
+    Raises:
+        AudioDecodeError: the file cannot be decoded.
+        SearchError: the file is shorter than one segment.
+    """
+    _, emb = embed_file_segments(path, embed, config, hop_seconds)
     return track_embedding(emb, int(config.get("normalisation_groups", 1))), emb
 
 
@@ -504,14 +525,75 @@ class Catalogue:
         raise SearchError(f"query {query!r} is neither a track_id of the catalogue ({len(self)} tracks, e.g. "
                           f"{examples}) nor an existing audio file.")
 
-    def _file_embedder(self) -> Callable[[str], np.ndarray]:
+    @property
+    def hop_seconds(self) -> float:
+        """Seconds between the starts of a track's segments in this catalogue (``dml embed --hop-seconds``)."""
+        hop = self.config.get("catalogue", {}).get("hop_seconds")
+        return float(hop) if hop else int(self.config["segment_samples"]) / int(self.config["sample_rate"])
+
+    def export_embedder(self, export_dir: Optional[str] = None
+                        ) -> Tuple[Callable[[np.ndarray], np.ndarray], Dict[str, Any]]:
+        """The waveform -> embedding function of the export that made this catalogue, and its config.json.
+
+        Args:
+            export_dir: the export to run (default: the one ``config.json`` records, ``catalogue.export_dir``).
+                It must hold the same model as the catalogue's (same ``training_config_hash``):
+                embeddings of another model are not comparable with the catalogue's.
+
+        Returns:
+            :func:`load_export_embedder`'s ``(embed, config)``, with the backend the catalogue was made with.
+
+        Raises:
+            SearchError: no such export, or an export of another model.
+        """
         info = self.config.get("catalogue", {})
-        export_dir = info.get("export_dir")
-        if not export_dir or not os.path.isdir(export_dir):
-            raise SearchError(f"{self.path}/config.json names the export {export_dir!r}, which is not there; "
-                              "an audio-file query needs it (or query by track_id).")
-        fn, cfg = load_export_embedder(export_dir, info.get("backend", "saved_model"))
-        hop = info.get("hop_seconds")
+        if export_dir is None:
+            export_dir = info.get("export_dir")
+            if not export_dir or not os.path.isdir(export_dir):
+                raise SearchError(f"{self.path}/config.json names the export {export_dir!r}, which is not there; "
+                                  "embedding an audio file needs it (give the export with --export, or use a "
+                                  "track_id of the catalogue).")
+        elif not os.path.isdir(export_dir):
+            raise SearchError(f"export {export_dir}: no such directory.")
+        else:
+            given = _export_config(export_dir)
+            if given.get("training_config_hash") != self.config.get("training_config_hash"):
+                raise SearchError(f"{export_dir} holds another model than the one that embedded {self.path} "
+                                  f"(training config hash {given.get('training_config_hash')} vs "
+                                  f"{self.config.get('training_config_hash')}); its embeddings are not comparable "
+                                  "with the catalogue's. Give the export the catalogue was made with "
+                                  f"({info.get('export_dir')}).")
+        return load_export_embedder(export_dir, info.get("backend", "saved_model"))
+
+    def track_segments(self, track_id: str) -> Tuple[np.ndarray, np.ndarray]:
+        """A catalogue track's segments: ``(starts float64 [k] in seconds, embeddings float32 [k, D])``.
+
+        Reads ``segments.csv`` and only that track's rows of ``segments.npy`` (memory-mapped).
+
+        Raises:
+            SearchError: an unknown track_id, or segment files that disagree with ``tracks.csv``.
+        """
+        if track_id not in self.index_of:
+            raise SearchError(f"{track_id!r} is not a track_id of {self.path}.")
+        csv_path, npy_path = (os.path.join(self.path, n) for n in ("segments.csv", "segments.npy"))
+        if not (os.path.isfile(csv_path) and os.path.isfile(npy_path)):
+            raise SearchError(f"{self.path} has no segments.csv / segments.npy; rerun dml embed to reassemble it.")
+        rows, starts = [], []
+        with open(csv_path, newline="") as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                if row["track_id"] == track_id:
+                    rows.append(i)
+                    starts.append(float(row["start_s"]))
+        segments = np.load(npy_path, mmap_mode="r")
+        expected = int(self.rows[self.index_of[track_id]].get("n_segments") or len(rows))
+        if not rows or len(rows) != expected or rows[-1] >= len(segments):
+            raise SearchError(f"{self.path}: segments.csv has {len(rows)} segments of {track_id!r}, tracks.csv says "
+                              f"{expected} (segments.npy: {len(segments)} rows); rerun dml embed to reassemble it.")
+        return np.asarray(starts, np.float64), np.asarray(segments[rows], np.float32)
+
+    def _file_embedder(self) -> Callable[[str], np.ndarray]:
+        fn, cfg = self.export_embedder()
+        hop = self.config.get("catalogue", {}).get("hop_seconds")
         from disentangled_ml.audio_io import AudioDecodeError
 
         def embed(path: str) -> np.ndarray:
