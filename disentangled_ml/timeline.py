@@ -333,7 +333,7 @@ def build_timeline(catalogue: Catalogue, segments: TrackSegments, k: int = DEFAU
         raise TimelineError(f"--weighting {weighting!r}: choose one of {', '.join(WEIGHTINGS)}.")
     views = catalogue.condition_views
     explicit = conditions is not None
-    names = list(conditions) if explicit else list(views.names)
+    names = list(dict.fromkeys(conditions)) if explicit else list(views.names)
     for name in names:
         if name not in views.names:
             raise TimelineError(f"unknown condition {name!r}; this catalogue has {', '.join(views.names)}.")

@@ -3,7 +3,9 @@
 Uses only the export (docs/design.md, contract 2): its config.json and saved_model/,
 or model.tflite with --tflite (LiteRT, no TensorFlow model code). Each file is
 decoded, cut into segments of the export's length every --hop-seconds, and
-embedded; a track's embedding is the mean of its segments', re-normalised.
+embedded; a track's embedding is the mean of its segments', re-normalised. A hop
+shorter than a segment makes the segments overlap, for a finer time axis in dml
+timeline (the hop is recorded in EMB_DIR/config.json).
 Files that cannot be decoded or are shorter than one segment are skipped and
 listed in EMB_DIR/skipped.csv. Results are saved every 64 files; running the same
 command again after an interruption continues where it stopped.

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("catalogue", metavar="EMB_DIR", help="catalogue directory (dml embed), with labels")
     parser.add_argument("track", metavar="TRACK", help="a track_id of the catalogue or an audio file path")
     parser.add_argument("--out", metavar="DIR", required=True,
-                        help="folder for timeline.json and timeline.png (replaced if there)")
+                        help="folder to write timeline.json and timeline.png into (earlier ones there are replaced)")
     parser.add_argument("--export", metavar="EXPORT_DIR", default=None,
                         help="export that embeds an audio file; None is the one the catalogue was made with")
     parser.add_argument("--hop-seconds", type=float, default=None, metavar="S",
