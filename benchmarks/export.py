@@ -105,9 +105,12 @@ def _frontend_fn(fe, banks):
 
 
 def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
-    """Single-thread LiteRT latency of the frontend alone, as float32 TFLite, with trimmed and
-    with full filterbanks (rows ``{"variant", "file", "size_bytes", "latency_ms_*",
-    "max_abs_diff_vs_full"}``); ``fe`` is a FrontendConfig."""
+    """Single-thread LiteRT latency of the frontend alone, as float32 TFLite: as exported (trimmed
+    filterbanks), with full filterbanks, and without the pitch bands (the mel STFT alone), so the
+    pitch-band STFT's share is the difference of the first and the last. Rows ``{"variant", "file",
+    "size_bytes", "latency_ms_*"}``, the first with ``max_abs_diff_vs_full``; ``fe`` is a FrontendConfig."""
+    import dataclasses
+
     import tensorflow as tf
 
     from disentangled_ml.export.tflite import open_interpreter
@@ -115,12 +118,14 @@ def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
 
     seg = fe.segment_samples
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, seg)).astype(np.float32)
-    variants = (("frontend", filterbanks(fe)),
-                ("frontend_full_fb", Filterbanks(mel_filterbank(fe), pitch_filterbank(fe))))
+    mel_only = dataclasses.replace(fe, pitch_bands_per_octave=0)
+    variants = (("frontend", fe, filterbanks(fe)),
+                ("frontend_full_fb", fe, Filterbanks(mel_filterbank(fe), pitch_filterbank(fe))),
+                ("frontend_mel_only", mel_only, filterbanks(mel_only)))
     rows, outputs = [], {}
-    for name, banks in variants:
+    for name, cfg, banks in variants:
         module = tf.Module()
-        module.serve = tf.function(_frontend_fn(fe, banks),
+        module.serve = tf.function(_frontend_fn(cfg, banks),
                                    input_signature=[tf.TensorSpec([1, seg], tf.float32, name="audio")])
         saved = os.path.join(work, name)
         tf.saved_model.save(module, saved, signatures={"serving_default": module.serve})

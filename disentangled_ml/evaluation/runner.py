@@ -42,7 +42,7 @@ import numpy as np
 
 from disentangled_ml.condition_views import ConditionViews, ConditionViewsError
 from disentangled_ml.config import TRACK_CONDITION, Config, ConfigError
-from disentangled_ml.data.eval_triplets import ROLES
+from disentangled_ml.data.eval_triplets import ROLES, waveform_crop
 from disentangled_ml.data.manifest import Track
 from disentangled_ml.evaluation.embedders import EvaluationError
 from disentangled_ml.evaluation.metrics import (
@@ -166,13 +166,8 @@ def segment_starts(num_samples: int, segment_samples: int, max_segments: int) ->
     return positions.astype(np.int64) * segment_samples
 
 
-def _crop(y: np.ndarray, start: int, seg: int) -> np.ndarray:
-    c = y[start:start + seg]
-    return c if c.size == seg else np.pad(c, (0, seg - c.size))  # the resampler's rounding, or a short track
-
-
-def _prefetched(ids: Sequence[str], audio: Mapping[str, np.ndarray], workers: int = 2,
-                lookahead: int = 4) -> Iterator[Tuple[str, Optional[np.ndarray], Optional[Exception]]]:
+def prefetched_audio(ids: Sequence[str], audio: Mapping[str, np.ndarray], workers: int = 2,
+                     lookahead: int = 4) -> Iterator[Tuple[str, Optional[np.ndarray], Optional[Exception]]]:
     """``(track_id, waveform or None, error or None)`` in order, decoding ahead in threads."""
     if not isinstance(audio, DecodedAudio):
         for tid in ids:
@@ -201,7 +196,7 @@ def _prefetched(ids: Sequence[str], audio: Mapping[str, np.ndarray], workers: in
             yield tid, y, err
 
 
-class _CropEmbeddings:
+class CropEmbeddings:
     """Runs every embedder on batches of crops and files the results by (track, start)."""
 
     def __init__(self, specs: Sequence[EmbedderSpec], batch_size: int) -> None:
@@ -356,15 +351,15 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
             conf_needed.setdefault(str(t[r]), set()).add(int(t[f"{r}_start"]))
     visit = sorted(set(starts_needed) | set(conf_needed) | retrieval_ids, key=row_of.__getitem__)
 
-    crops = _CropEmbeddings(embedders, batch_size)
+    crops = CropEmbeddings(embedders, batch_size)
     # Crops only the confounded triplets use are embedded apart, so the random set's and the
     # retrieval's crops go through the embedders in the same batches (and give the same numbers)
     # as without confounded triplets.
-    conf_crops = _CropEmbeddings(embedders, batch_size)
+    conf_crops = CropEmbeddings(embedders, batch_size)
     track_segments: Dict[str, List[int]] = {}
     failed: Dict[str, str] = {}
     bar = tqdm(total=len(visit), desc="embedding", unit="track", disable=not progress)
-    for tid, y, err in _prefetched(visit, audio):
+    for tid, y, err in prefetched_audio(visit, audio):
         bar.update(1)
         if err is not None:
             failed[tid] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
@@ -377,9 +372,9 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
             track_segments[tid] = seg_starts
             starts |= set(seg_starts)
         for s in sorted(starts):
-            crops.add(tid, s, _crop(y, s, seg))
+            crops.add(tid, s, waveform_crop(y, s, seg))
         for s in sorted(conf_needed.get(tid, set()) - starts):
-            conf_crops.add(tid, s, _crop(y, s, seg))
+            conf_crops.add(tid, s, waveform_crop(y, s, seg))
     crops.flush()
     conf_crops.flush()
     bar.close()

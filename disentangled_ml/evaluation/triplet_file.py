@@ -51,11 +51,11 @@ import numpy as np
 
 from disentangled_ml.condition_views import ConditionViews, ConditionViewsError
 from disentangled_ml.config import Config, ConfigError
-from disentangled_ml.data.eval_triplets import ROLES
+from disentangled_ml.data.eval_triplets import ROLES, waveform_crop
 from disentangled_ml.data.manifest import Track
 from disentangled_ml.evaluation.embedders import EvaluationError
 from disentangled_ml.evaluation.metrics import WHOLE, triplet_correct, wilson_interval
-from disentangled_ml.evaluation.runner import DecodedAudio, EmbedderSpec, _CropEmbeddings, _crop, _prefetched
+from disentangled_ml.evaluation.runner import CropEmbeddings, DecodedAudio, EmbedderSpec, prefetched_audio
 
 log = logging.getLogger(__name__)
 
@@ -422,11 +422,11 @@ def score_triplet_file(path: str, model: TripletModel, *, batch_size: int = 64,
                 if p in needed:
                     needed[p].add(_start_sample(s, sr))
 
-    crops = _CropEmbeddings([EmbedderSpec("model", model.embed)], batch_size)
+    crops = CropEmbeddings([EmbedderSpec("model", model.embed)], batch_size)
     durations: Dict[str, int] = {}  # path -> decoded samples
     audio = DecodedAudio([Track(path=p, track_id=p) for p in decodable], sr)
     bar = tqdm(total=len(decodable), desc="embedding", unit="file", disable=not progress)
-    for p, y, err in _prefetched(decodable, audio):
+    for p, y, err in prefetched_audio(decodable, audio):
         bar.update(1)
         if err is not None:  # AudioDecodeError says in words what is wrong; anything else is reported too
             file_error[p] = ("undecodable", str(err).splitlines()[0] if str(err) else type(err).__name__)
@@ -434,7 +434,7 @@ def score_triplet_file(path: str, model: TripletModel, *, batch_size: int = 64,
         durations[p] = int(y.size)
         for start in sorted(needed[p]):
             if _crop_fault(start, y.size, seg, tolerance) is None:
-                crops.add(p, start, _crop(y, start, seg))  # pads at most `tolerance` samples
+                crops.add(p, start, waveform_crop(y, start, seg))  # pads at most `tolerance` samples
     crops.flush()
     bar.close()
     emb = crops.matrix("model")
