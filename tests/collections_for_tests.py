@@ -59,6 +59,22 @@ def assert_backbone_reloads(cfg, tmp_path):
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(net(x)), atol=1e-5)
 
 
+def tiny_waveform_model(cfg):
+    """waveform -> {"embedding", "raw_embedding"}: a frame-energy summary and a dense layer (standard
+    Keras layers only, seeded), standing in for a trained network where only the plumbing is tested."""
+    import keras
+
+    seg = cfg.frontend.segment_samples
+    audio = keras.Input((seg,), name="audio")
+    x = keras.layers.Reshape((seg // 100, 100))(audio)
+    x = keras.layers.Dense(8, activation="tanh")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    x = keras.layers.Dense(cfg.conditions.embedding_dim)(x)
+    emb = keras.layers.UnitNormalization(name="embedding")(x)
+    keras.utils.set_random_seed(0)
+    return keras.Model(audio, {"embedding": emb, "raw_embedding": x})
+
+
 def write_tracks(root, n=12, seconds=3.0, sr=8000, seed=0):
     """n short tracks with labels; genre/mood cycle, tempo spread, some unknown labels."""
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from collections_for_tests import tiny_config
+from collections_for_tests import tiny_config, tiny_waveform_model
 from disentangled_ml.data.confounded_triplets import (
     CONFOUNDED_COLUMNS, build_confounded_triplets, confoundedness, eval_seed, pair_relations,
 )
@@ -282,20 +282,6 @@ def _jsonable(x):
 
 # ---------------------------------------------------------------- evaluate_run on a tiny run
 
-def _tiny_keras_model(cfg):
-    import keras
-
-    seg = cfg.frontend.segment_samples
-    audio = keras.Input((seg,), name="audio")
-    x = keras.layers.Reshape((seg // 100, 100))(audio)
-    x = keras.layers.Dense(8, activation="tanh")(x)
-    x = keras.layers.GlobalAveragePooling1D()(x)
-    x = keras.layers.Dense(cfg.conditions.embedding_dim)(x)
-    emb = keras.layers.UnitNormalization(name="embedding")(x)
-    keras.utils.set_random_seed(0)
-    return keras.Model(audio, {"embedding": emb, "raw_embedding": x})
-
-
 def test_evaluate_run_writes_confounded_entries_for_model_and_baselines(tmp_path):
     from disentangled_ml.data.eval_triplets import build_eval_triplets, write_eval_triplets
     from disentangled_ml.data.manifest import write_manifest
@@ -323,7 +309,7 @@ def test_evaluate_run_writes_confounded_entries_for_model_and_baselines(tmp_path
         w.writerows([tr.track_id, "test" if i in test_rows else "train"] for i, tr in enumerate(tracks))
     write_eval_triplets(build_eval_triplets(tracks, tables, test_rows, cfg, seed=eval_seed(cfg, "test")),
                         str(run / "test_triplets.csv"))
-    _tiny_keras_model(cfg).save(str(run / "embedding.keras"))
+    tiny_waveform_model(cfg).save(str(run / "embedding.keras"))
 
     metrics, paths = evaluate_run(str(run), str(prepared), vq_codebook=4, segments_per_track=1, batch_size=32,
                                   progress=False)

@@ -5,11 +5,11 @@ import csv
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
 import soundfile as sf
 
+from collections_for_tests import tiny_waveform_model
 from disentangled_ml.cli import CliError
 from disentangled_ml.cli import evaluate as cli_evaluate
 from disentangled_ml.config import Config
@@ -325,19 +325,6 @@ def test_condition_views_per_mask_mode():
     np.testing.assert_array_equal(views["mood"], m[1])
 
 
-def _tiny_keras_model(cfg):
-    """waveform -> {"embedding"}: a frame-energy summary and a dense layer (standard layers only)."""
-    seg = cfg.frontend.segment_samples
-    audio = keras.Input((seg,), name="audio")
-    x = keras.layers.Reshape((seg // 100, 100))(audio)
-    x = keras.layers.Dense(8, activation="tanh")(x)
-    x = keras.layers.GlobalAveragePooling1D()(x)
-    x = keras.layers.Dense(cfg.conditions.embedding_dim)(x)
-    emb = keras.layers.UnitNormalization(name="embedding")(x)
-    keras.utils.set_random_seed(0)
-    return keras.Model(audio, {"embedding": emb, "raw_embedding": x})
-
-
 @pytest.fixture(scope="module")
 def run_dir(collection, tmp_path_factory):
     c = collection
@@ -352,7 +339,7 @@ def run_dir(collection, tmp_path_factory):
         for i, t in enumerate(tracks):
             w.writerow([t.track_id, "train" if i in c["train"] else "test"])
     write_eval_triplets(c["triplets"], str(run / "test_triplets.csv"))
-    model = _tiny_keras_model(cfg)
+    model = tiny_waveform_model(cfg)
     model.save(str(run / "embedding.keras"))
     export = tmp_path_factory.mktemp("export")
     model.export(str(export / "saved_model"), verbose=False)
