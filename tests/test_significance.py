@@ -224,3 +224,109 @@ def test_triplet_correct_csv_has_one_row_per_triplet_and_a_column_per_series(tmp
     assert [r["model.slice"] for r in got] == ["1", "0", "1", "0"]
     assert [r["mfcc_vq.whole"] for r in got] == ["0", "0", "1", ""]
     assert got[1]["anchor"] == "t1"
+
+
+# ---------------------------------------------------------------- the tuning summary: intervals, best vs runner-up
+
+def _fabricated_search(tmp_path, trials, objective="mean", per_condition=100):
+    """A search folder as `dml tune` leaves it, without training: search.json, data/config.json,
+    data/validation_triplets.csv (``per_condition`` rows per condition and track) and one trial.json per
+    ``(trial_id, {metric: value}, score)``."""
+    import csv
+    import json
+    import os
+
+    import keras_tuner
+    from keras_tuner.engine.trial import Trial
+
+    from disentangled_ml.config import Config
+    from disentangled_ml.tuning.hypermodel import SearchSpace
+    from disentangled_ml.tuning.search import PROJECT_NAME
+
+    tune = tmp_path / "tune"
+    (tune / "data").mkdir(parents=True)
+    cfg = Config()
+    cfg.to_json(str(tune / "data" / "config.json"))
+    with open(tune / "search.json", "w") as f:
+        json.dump({"tuner": "random", "max_trials": len(trials), "seed": 1, "project_name": PROJECT_NAME,
+                   "space": SearchSpace(objective=objective).to_dict()}, f)
+    with open(tune / "data" / "validation_triplets.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["condition", "anchor", "anchor_start", "positive", "positive_start", "negative", "negative_start"])
+        for cond in list(cfg.conditions.names) + ["track"]:
+            for i in range(per_condition):
+                w.writerow([cond, f"a{i}", 0, f"p{i}", 0, f"n{i}", 0])
+    for trial_id, metrics, score in trials:
+        hp = keras_tuner.HyperParameters()
+        hp.Fixed("lambda", 0.5)
+        hp.Fixed("margin", 0.1)
+        hp.Fixed("learning_rate", 1e-3)
+        t = Trial(hp, trial_id=trial_id, status="COMPLETED")
+        for name, value in metrics.items():
+            t.metrics.register(name, "max")
+            t.metrics.update(name, value, step=0)
+        t.score, t.best_step = score, 0
+        os.makedirs(tune / PROJECT_NAME / f"trial_{trial_id}")
+        t.save(str(tune / PROJECT_NAME / f"trial_{trial_id}" / "trial.json"))
+    return str(tune)
+
+
+def _accs(genre, mood, instrument, tempo):
+    """float32 validation accuracies (as Keras logs them) of 100 triplets per condition, and their mean."""
+    acc = {"genre": genre, "mood": mood, "instrument": instrument, "tempo": tempo}
+    metrics = {f"val_acc_{c}": float(np.float32(k / 100)) for c, k in acc.items()}
+    mean = float(np.mean([k / 100 for k in acc.values()]))
+    return {**metrics, "val_acc_track": 0.99, "val_mean_acc": mean}, mean
+
+
+def test_tuning_summary_gives_every_trial_its_interval_and_compares_the_best_with_the_runner_up(tmp_path):
+    import json
+    import os
+
+    from disentangled_ml.tuning.search import format_table, summarize
+
+    t0, s0 = _accs(81, 62, 73, 94)  # 310 of 400
+    t1, s1 = _accs(80, 61, 73, 93)  # 307 of 400: runner-up, intervals overlap
+    t2, s2 = _accs(60, 50, 55, 70)  # 235 of 400
+    tune = _fabricated_search(tmp_path, [("0", t1, s1), ("1", t0, s0), ("2", t2, s2)])
+    summary = summarize(tune)
+    by_id = {r.trial_id: r for r in summary.rows}
+    assert summary.best.trial_id == "1" and summary.runner_up.trial_id == "0"
+    best = by_id["1"].pooled
+    assert (best.correct, best.n) == (310, 400) and best.conditions == ("genre", "mood", "instrument", "tempo")
+    assert best.ci95 == pytest.approx(M.wilson_interval(310, 400))
+    assert best.accuracy == pytest.approx(summary.best.score)  # equal counts: pooled = the mean objective
+    versus = summary.best_vs_runner_up
+    assert versus["overlap"] and versus["verdict"].startswith("not shown different")
+    table = format_table(summary)
+    assert "0.775 [0.73-0.81]" in table and "best vs runner-up (trial 0): not shown different" in table
+    assert "400 triplets of genre, mood, instrument, tempo" in table
+    with open(os.path.join(tune, "results.json")) as f:
+        res = json.load(f)
+    assert res["best"]["val_pooled_ci95_low"] == pytest.approx(best.ci95[0]) and res["best"]["val_triplets"] == 400
+    assert res["best_vs_runner_up"]["runner_up"] == "0"
+    row = next(t for t in res["trials"] if t["trial_id"] == "2")
+    assert row["val_pooled_acc"] == pytest.approx(235 / 400)
+
+    # a clear winner: the intervals do not overlap, and the summary says it is better
+    tune2 = _fabricated_search(tmp_path / "b", [("0", t0, s0), ("1", t2, s2)])
+    versus = summarize(tune2, write=False).best_vs_runner_up
+    assert not versus["overlap"] and versus["verdict"].startswith("better")
+
+
+def test_tuning_summary_pools_the_objective_conditions_only(tmp_path):
+    from disentangled_ml.tuning.search import summarize
+
+    t, _ = _accs(81, 62, 73, 94)
+    weighted = 0.5 * t["val_acc_genre"] + 0.5 * t["val_acc_mood"]
+    tune = _fabricated_search(tmp_path, [("0", {**t, "val_objective": weighted}, weighted)],
+                              objective="genre=0.5,mood=0.5")
+    summary = summarize(tune, write=False)
+    pooled = summary.rows[0].pooled
+    assert pooled.conditions == ("genre", "mood") and (pooled.correct, pooled.n) == (143, 200)
+    assert summary.runner_up is None and summary.best_vs_runner_up is None  # one trial: nothing to compare
+    # a search folder without its validation triplets (e.g. copied without data/) still summarises, without intervals
+    import os
+
+    os.remove(os.path.join(tune, "data", "validation_triplets.csv"))
+    assert summarize(tune, write=False).rows[0].pooled is None
