@@ -27,8 +27,9 @@ a Wilson interval. The objective itself is a mean over conditions; it equals thi
 the objective is one condition, or the mean over conditions with as many triplets each (the default,
 ``data.eval_triplets_per_condition``); a weighted objective pools its conditions unweighted. A paired
 test of the best trial against the runner-up (exact McNemar, as ``dml evaluate`` does) would need both
-trials' per-triplet validation outcomes, which keras-tuner does not keep (only each metric's value);
-re-scoring the two checkpoints would give them. So the summary compares the two intervals: overlapping
+trials' per-triplet validation outcomes, which keras-tuner does not keep (only each metric's value;
+re-scoring the two trials' ``checkpoint.weights.h5`` on the validation triplets would give them, and
+is not done here). So the summary compares the two intervals: overlapping
 intervals mean "not shown different", which is not "the same"; non-overlapping ones are a conservative
 sign of a real difference.
 
