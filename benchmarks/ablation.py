@@ -202,7 +202,8 @@ def to_markdown(summary: Mapping[str, Any]) -> str:
     if ref is None:
         notes.append("No reference variant was run, so no difference is tested.")
     else:
-        notes.append(f"Reference (bold): masks {ref['mask_mode']}, λ = {ref['track_weight']:g}. \\* = differs from the "
+        notes.append(f"Reference (bold): masks {ref['mask_mode']}, λ = {ref['track_weight']:g}. "
+                     "\\* = differs from the "
                      f"reference on the same test triplets ({summary['test']}, p < {summary['alpha']:g}, each "
                      "comparison on its own, no multiplicity correction); no mark = not shown different."
                      + (f" † = not tested: {'; '.join(sorted(untested))}." if untested else ""))

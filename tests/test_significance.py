@@ -165,12 +165,18 @@ def test_comparisons_test_the_slice_against_every_other_series_and_never_a_score
     assert by[("model", "whole")]["p_value"] == pytest.approx(2 / 2 ** 16) and by[("model", "whole")]["significant"]
     assert by[("mfcc_vq", "whole")]["a_only"] == 19 and by[("mfcc_vq", "whole")]["label"] == "MFCC-VQ"
     assert by[("mfcc_vq", "whole")]["difference"] == pytest.approx(1 - 21 / 40)
-    for cond in ("mood", "track"):  # the slice is the whole embedding: the reference is "whole", compared with MFCC-VQ only
+    # the slice is the whole embedding: the reference is "whole", compared with MFCC-VQ only
+    for cond in ("mood", "track"):
         entry = comp["conditions"][cond]
         assert entry["reference"]["view"] == "whole"
         assert [(v["embedder"], v["view"]) for v in entry["versus"]] == [("mfcc_vq", "whole")]
     mood = comp["conditions"]["mood"]["versus"][0]
     assert mood["a_only"] == mood["b_only"] == 0 and mood["p_value"] == 1.0 and not mood["significant"]
+    # an embedder without sub-spaces first: it is the reference on its whole vector, against both model series
+    swapped = _comparisons(outcomes, specs[::-1])["conditions"]["genre"]
+    assert swapped["reference"] == {"embedder": "mfcc_vq", "view": "whole", "label": "MFCC-VQ"}
+    assert [v["label"] for v in swapped["versus"]] == ["model (slice)", "model (whole)"]
+    assert swapped["versus"][0]["difference"] == pytest.approx(21 / 40 - 1)
 
 
 def _fabricated_metrics():

@@ -122,9 +122,10 @@ def _marks_note(metrics: Mapping[str, Any], confounded: bool = False) -> str:
     main = max(by_ref, key=lambda r: len(by_ref[r]))  # the model's slice; the track triplets' is its whole vector
     others = "".join(f" ({', '.join(conds)}: {ref})" for ref, conds in by_ref.items() if ref != main)
     alpha = comp.get("alpha", 0.05)
-    return (f"{SIGNIFICANT_MARK} = differs from {main}{others} on the same triplets (exact McNemar test, p < {alpha:g}, "
-            "each comparison on its own,\nno multiplicity correction); no mark = not shown different. The p-values "
-            f"and the differences' 95 % intervals: {'confounded.' if confounded else ''}comparisons in metrics.json.")
+    where = f"{'confounded.' if confounded else ''}comparisons"
+    return (f"{SIGNIFICANT_MARK} = differs from {main}{others} on the same triplets (exact McNemar test, "
+            f"p < {alpha:g}, each comparison on its own,\nno multiplicity correction); no mark = not shown different. "
+            f"The p-values and the differences' 95 % intervals: {where} in metrics.json.")
 
 
 def accuracy_series(metrics: Mapping[str, Any], confounded: bool = False) -> List[Tuple[str, List[Optional[float]]]]:

@@ -321,7 +321,8 @@ def _comparisons(outcomes: Outcomes, specs: Sequence[EmbedderSpec], alpha: float
     reference = specs[0].name
     conds: Dict[str, Any] = {}
     for cond, series in outcomes.items():
-        ref_key = (reference, SLICE) if series.get((reference, SLICE)) is not series[(reference, WHOLE_VIEW)] \
+        sl = series.get((reference, SLICE))  # None for an embedder without sub-spaces
+        ref_key = (reference, SLICE) if sl is not None and sl is not series[(reference, WHOLE_VIEW)] \
             else (reference, WHOLE_VIEW)
         ref = series[ref_key]
         versus = [{"embedder": name, "view": view, "label": _series_label(by_name[name], view),
