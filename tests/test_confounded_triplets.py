@@ -226,7 +226,9 @@ def test_evaluate_many_scores_confounded_triplets_beside_the_random_ones(hand, t
                         confounded=conf)
     plain = evaluate_many(specs, random, audio, tracks, cfg, rows, tables=tables, segments_per_track=1, k=2)
     assert "confounded" not in plain
-    assert _jsonable({k: v for k, v in res.items() if k != "confounded"}) == _jsonable(plain)  # the old keys unchanged
+    old_keys = [k for k in res if k not in ("confounded", "per_triplet")]
+    assert _jsonable({k: res[k] for k in old_keys}) == _jsonable({k: plain[k] for k in old_keys})  # unchanged
+    assert _jsonable(res["per_triplet"]["random"]) == _jsonable(plain["per_triplet"]["random"])
 
     c = res["confounded"]
     assert c["conditions"] == CONDITIONS and c["num_triplets"] == {k: 40 for k in CONDITIONS}
@@ -264,6 +266,15 @@ def test_evaluate_many_scores_confounded_triplets_beside_the_random_ones(hand, t
     mood_line = next(x for x in lines[start:] if x.startswith("mood"))
     assert "1.000 [" in mood_line and re.search(r"\b40\s+7\s", mood_line)  # the model's slice; 40 built, 7 anchors
     assert (" <" in mood_line) == (e["whole_ci95"][1] < 0.5)  # '<': an interval wholly below chance
+    # the disentangled slice against the entangled whole vector on the same confounded mood triplets: every
+    # triplet the entangled vector gets wrong is one only the slice gets right, and that is significant
+    mood_test = c["comparisons"]["conditions"]["mood"]
+    assert mood_test["reference"]["label"] == "model (slice)"
+    ent_test = next(v for v in mood_test["versus"] if v["embedder"] == "entangled")
+    assert ent_test["b_only"] == 0 and ent_test["a_only"] == round(40 * (1 - e["whole"])) and ent_test["significant"]
+    assert "*" in mood_line.split("1.000 [", 1)[1] and "exact McNemar" in "\n".join(lines[start:])
+    assert data["confounded"]["comparisons"]["conditions"]["mood"]["versus"] == _jsonable(mood_test["versus"])
+    assert len(res["per_triplet"]["confounded"]["triplets"]) == 4 * 40
 
 
     # no confounded triplet at all: reported as zeros, and the report still writes

@@ -311,6 +311,28 @@ def test_evaluate_with_a_label_embedder(collection, tmp_path):
     table = format_table(res)
     assert "model (slice)" in table and "noise" in table and "precision@3 / mAP" in table
 
+    # per-triplet outcomes and the paired comparisons: the model (right on every triplet in its slices) against
+    # its whole vector and the noise, on the same triplets
+    per = res["per_triplet"]["random"]
+    assert len(per["triplets"]) == sum(res["num_triplets"].values())
+    assert set(per["correct"]) == {"model.slice", "model.whole", "noise.whole"} and per["correct"]["model.slice"].all()
+    comp = res["comparisons"]["conditions"]
+    assert list(comp) == res["conditions"]
+    assert [(v["embedder"], v["view"]) for v in comp["genre"]["versus"]] == [("model", "whole"), ("noise", "whole")]
+    assert comp["track"]["reference"]["view"] == "whole"  # track triplets live in the whole embedding
+    assert [v["embedder"] for v in comp["track"]["versus"]] == ["noise"]
+    conds = np.array([t["condition"] for t in per["triplets"]])
+    for cond in ("genre", "mood", "instrument", "tempo"):
+        noise_v = comp[cond]["versus"][1]
+        noise_ok = per["correct"]["noise.whole"][conds == cond]
+        assert noise_v["b_only"] == 0 and noise_v["a_only"] == int((~noise_ok).sum()) > 10, cond
+        assert noise_v["significant"] and noise_v["p_value"] < 1e-3
+        assert noise_v["accuracy_b"] == pytest.approx(model["triplet_accuracy"][cond]["slice"] - noise_v["difference"])
+    assert "noise.whole" in open(paths["triplet_correct"]).readline()
+    assert "comparisons" in data and "per_triplet" not in data
+    genre_line = next(line for line in table.splitlines() if line.startswith("genre"))
+    assert genre_line.count("*") >= 1 and "[" in genre_line and "exact McNemar" in table
+
 
 def test_condition_views_per_mask_mode():
     cfg = tiny_config()

@@ -221,6 +221,22 @@ def test_random_search_writes_results_and_best_config(prepared, tmp_path):
     table = format_table(summary)
     assert "val_objective" in table and f"*{best.trial_id}" in table
 
+    # Intervals: each trial's genre and mood accuracies are whole counts of the fixed validation triplets, pooled
+    # with their Wilson interval (a condition without validation triplets, here mood, is left out); two trials,
+    # so the best is compared with the runner-up.
+    from disentangled_ml.tuning.search import validation_counts
+
+    counts = validation_counts(tune)
+    scored = [c for c in ("genre", "mood") if counts.get(c)]
+    assert "genre" in scored
+    for r in summary.rows:
+        exact = sum(r.metrics[f"val_acc_{c}"] * counts[c] for c in scored)
+        assert r.pooled.conditions == tuple(scored) and r.pooled.n == sum(counts[c] for c in scored)
+        assert abs(r.pooled.correct - exact) < 1e-3
+        assert r.pooled.ci95[0] <= r.pooled.accuracy <= r.pooled.ci95[1]
+    assert summary.best_vs_runner_up["runner_up"] == next(r.trial_id for r in summary.rows if r is not best)
+    assert "best vs runner-up" in table
+
     # Same folder, other settings: refused instead of silently mixing two searches.
     with pytest.raises(ConfigError, match=r"other settings \(space.margin_range"):
         run_search(prepared_dir, tune, cfg, SearchSpace(margin_range=(0.1, 0.2)), max_trials=2, seed=3)

@@ -11,11 +11,27 @@ A search directory holds::
                              checkpoint.weights.h5 (best epoch), executions.jsonl (who ran it, when)
       tensorboard/           HParams experiment (hyperparameters vs validation metrics) and
         trial_<id>/          one run per trial: hparams, train/ and validation/ scalars
-      results.csv            one row per trial (written when the search ends, or by --summary)
-      results.json           the same table with the search settings and the best trial
+      results.csv            one row per trial (written when the search ends, or by --summary), with
+                             the validation accuracy pooled over the objective's triplets and its
+                             95 % Wilson interval (val_pooled_acc, val_pooled_ci95_low/high, val_triplets)
+      results.json           the same table with the search settings, the best trial, and whether it
+                             is shown better than the runner-up (best_vs_runner_up)
       best.json              the best trial's full Config:
                              ``dml train PREPARED --out RUN --config TUNE_DIR/best.json``
                              retrains it (same hyperparameters, epochs and steps per epoch)
+
+Intervals: every trial is scored on the same fixed validation triplets
+(``data/validation_triplets.csv``), so its accuracy over the triplets of the objective's conditions
+(each condition's ``val_acc_<c>`` at the best epoch times its triplet count, summed) is a proportion with
+a Wilson interval. The objective itself is a mean over conditions; it equals this pooled accuracy when
+the objective is one condition, or the mean over conditions with as many triplets each (the default,
+``data.eval_triplets_per_condition``); a weighted objective pools its conditions unweighted. A paired
+test of the best trial against the runner-up (exact McNemar, as ``dml evaluate`` does) would need both
+trials' per-triplet validation outcomes, which keras-tuner does not keep (only each metric's value;
+re-scoring the two trials' ``checkpoint.weights.h5`` on the validation triplets would give them, and
+is not done here). So the summary compares the two intervals: overlapping
+intervals mean "not shown different", which is not "the same"; non-overlapping ones are a conservative
+sign of a real difference.
 
 Resume: rerun the same command. keras-tuner reloads the oracle from ``search/``
 (``overwrite=False``); finished trials are kept, and the trial that was running when
@@ -54,18 +70,20 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import keras
 import keras_tuner
 
 from disentangled_ml.config import Config, ConfigError
+from disentangled_ml.evaluation.metrics import wilson_interval
 from disentangled_ml.tuning.hypermodel import (HP_LAMBDA, HP_LEARNING_RATE, HP_MARGIN, HP_WIDTH, HYPERBAND_EPOCHS,
                                                DisentangledHyperModel, SearchSpace, config_from_values,
                                                objective_metric, parse_objective)
 
 __all__ = ["run_search", "summarize", "format_table", "make_tuner", "SearchSummary", "TrialRow", "TUNERS",
-           "PROJECT_NAME"]
+           "PROJECT_NAME", "PooledAccuracy", "validation_counts", "objective_conditions", "pooled_accuracy",
+           "compare_best_with_runner_up"]
 
 log = logging.getLogger(__name__)
 
@@ -534,6 +552,7 @@ class TrialRow:
     metrics: Dict[str, float] = field(default_factory=dict)  # every metric at the best epoch
     epochs: Optional[int] = None
     message: str = ""
+    pooled: Optional["PooledAccuracy"] = None  # set by summarize() when the validation triplets are known
 
     @property
     def lam(self) -> Optional[float]:
@@ -545,7 +564,91 @@ class TrialRow:
                 "width": int(self.values.get(HP_WIDTH, width)), "epochs": self.epochs, "objective": self.score,
                 "best_epoch": None if self.best_step is None else self.best_step + 1, "status": self.status,
                 **{k: v for k, v in sorted(self.metrics.items()) if k.startswith("val_")},
+                "val_pooled_acc": None if self.pooled is None else self.pooled.accuracy,
+                "val_pooled_ci95_low": None if self.pooled is None else self.pooled.ci95[0],
+                "val_pooled_ci95_high": None if self.pooled is None else self.pooled.ci95[1],
+                "val_triplets": None if self.pooled is None else self.pooled.n,
                 "message": self.message}
+
+
+@dataclass(frozen=True)
+class PooledAccuracy:
+    """A trial's validation accuracy over the objective's triplets, and its 95 % Wilson interval.
+
+    Attributes:
+        correct: triplets ordered correctly (sum over the conditions of ``round(val_acc_c * n_c)``).
+        n: the triplets (sum of ``n_c``).
+        conditions: the conditions pooled.
+    """
+
+    correct: int
+    n: int
+    conditions: Tuple[str, ...]
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n
+
+    @property
+    def ci95(self) -> Tuple[float, float]:
+        return wilson_interval(self.correct, self.n)
+
+
+def validation_counts(tune_dir: str) -> Optional[Dict[str, int]]:
+    """``{condition: triplets}`` of ``TUNE_DIR/data/validation_triplets.csv``; None without the file."""
+    path = os.path.join(tune_dir, "data", "validation_triplets.csv")
+    if not os.path.isfile(path):
+        return None
+    counts: Dict[str, int] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            counts[row["condition"]] = counts.get(row["condition"], 0) + 1
+    return counts
+
+
+def objective_conditions(weights: Dict[str, float], base: Config, counts: Dict[str, int]) -> List[str]:
+    """The conditions the objective scores (those with validation triplets): every label condition for
+    ``"mean"`` (what ``val_mean_acc`` averages; not the track triplets), else those with a positive weight."""
+    names = list(base.conditions.names) if not weights else [c for c, w in weights.items() if w > 0]
+    return [c for c in names if counts.get(c, 0) > 0]
+
+
+def pooled_accuracy(metrics: Dict[str, float], conditions: List[str], counts: Dict[str, int]
+                    ) -> Optional[PooledAccuracy]:
+    """:class:`PooledAccuracy` of one trial's best-epoch ``val_acc_<c>``; None when one is missing.
+
+    ``round``: a validation accuracy is (correct / n_c) in float32, so ``acc * n_c`` is within
+    ``1e-7 * n_c`` of the integer count.
+    """
+    if not conditions or any(f"val_acc_{c}" not in metrics for c in conditions):
+        return None
+    correct = sum(int(round(metrics[f"val_acc_{c}"] * counts[c])) for c in conditions)
+    return PooledAccuracy(correct, sum(counts[c] for c in conditions), tuple(conditions))
+
+
+def compare_best_with_runner_up(best: "TrialRow", runner_up: Optional["TrialRow"]) -> Optional[Dict[str, Any]]:
+    """Whether the best trial is shown different from the runner-up, by their pooled 95 % intervals.
+
+    No paired test: a search keeps no per-triplet outcomes (module notes).
+
+    Returns:
+        ``{"best", "runner_up" (trial ids), "best_ci95", "runner_up_ci95", "overlap": bool, "method",
+        "verdict": str}``; None without a runner-up or without the intervals of both.
+    """
+    if runner_up is None or best.pooled is None or runner_up.pooled is None:
+        return None
+    (lo_b, hi_b), (lo_r, hi_r) = best.pooled.ci95, runner_up.pooled.ci95
+    overlap = lo_b <= hi_r and lo_r <= hi_b
+    if overlap:
+        verdict = ("not shown different: their 95 % intervals overlap (a paired test would need both trials' "
+                   "per-triplet validation results, which the search does not keep)")
+    else:
+        better = "better" if best.pooled.accuracy > runner_up.pooled.accuracy else "worse"
+        verdict = f"{better} on the pooled validation triplets: their 95 % intervals do not overlap"
+    return {"best": best.trial_id, "runner_up": runner_up.trial_id, "best_ci95": list(best.pooled.ci95),
+            "runner_up_ci95": list(runner_up.pooled.ci95), "overlap": overlap,
+            "method": "overlap of the Wilson intervals of the pooled validation accuracy (no paired test)",
+            "verdict": verdict}
 
 
 @dataclass
@@ -559,6 +662,8 @@ class SearchSummary:
     rows: List[TrialRow]
     best: Optional[TrialRow]
     best_config: Optional[Config]
+    runner_up: Optional[TrialRow] = None  # the second-best COMPLETED trial
+    best_vs_runner_up: Optional[Dict[str, Any]] = None  # compare_best_with_runner_up
 
     @property
     def completed(self) -> List[TrialRow]:
@@ -595,6 +700,8 @@ def summarize(tune_dir: str, write: bool = True) -> SearchSummary:
     ``best.json`` is the full Config of the best COMPLETED trial (highest objective;
     ties go to the lower trial id): the shared base config (with the mel statistics
     of ``TUNE_DIR/data``) with that trial's lambda, margin, learning rate and width.
+    Every trial gets its pooled validation accuracy and 95 % interval (module notes), and
+    the best is compared with the runner-up (:func:`compare_best_with_runner_up`).
 
     Raises
     ------
@@ -610,13 +717,22 @@ def summarize(tune_dir: str, write: bool = True) -> SearchSummary:
         settings = json.load(f)
     base = Config.from_json(base_path)
     space = SearchSpace.from_dict(settings["space"])
-    objective = objective_metric(parse_objective(space.objective, base))
+    weights = parse_objective(space.objective, base)
+    objective = objective_metric(weights)
     rows = [_read_trial(p, base) for p in glob.glob(os.path.join(tune_dir, PROJECT_NAME, "trial_*", "trial.json"))]
     rows.sort(key=lambda r: (len(r.trial_id), r.trial_id))
+    counts = validation_counts(tune_dir)
+    if counts is not None:
+        pooled_conds = objective_conditions(weights, base, counts)
+        for r in rows:
+            r.pooled = pooled_accuracy(r.metrics, pooled_conds, counts)
     done = [r for r in rows if r.status == "COMPLETED" and r.score is not None]
-    best = max(done, key=lambda r: r.score) if done else None  # max keeps the first of equal scores
+    ranked = sorted(done, key=lambda r: -r.score)  # stable: equal scores keep the lower trial id first
+    best = ranked[0] if ranked else None
+    runner_up = ranked[1] if len(ranked) > 1 else None
     best_config = config_from_values(base, best.values) if best else None
-    summary = SearchSummary(tune_dir, objective, settings, base, rows, best, best_config)
+    summary = SearchSummary(tune_dir, objective, settings, base, rows, best, best_config, runner_up,
+                            compare_best_with_runner_up(best, runner_up) if best else None)
     if write:
         _write_results(summary)
     return summary
@@ -637,22 +753,26 @@ def _write_results(s: SearchSummary) -> None:
         s.best_config.to_json(os.path.join(s.tune_dir, "best.json"))
         best = {"trial_id": s.best.trial_id, "objective": s.best.score, **{
             k: v for k, v in s.best.as_dict(s.base_config.model.width).items()
-            if k in ("lambda", "margin", "learning_rate", "width", "epochs", "best_epoch")},
+            if k in ("lambda", "margin", "learning_rate", "width", "epochs", "best_epoch", "val_pooled_acc",
+                     "val_pooled_ci95_low", "val_pooled_ci95_high", "val_triplets")},
             "config": "best.json", "config_hash": s.best_config.hash()}
     out = {"objective": s.objective, "settings": s.settings,
            "base": {"epochs": s.base_config.train.epochs, "steps_per_epoch": s.base_config.train.steps_per_epoch,
                     "batch_size": s.base_config.train.batch_size, "backbone": s.base_config.model.backbone,
                     "width": s.base_config.model.width, "config_hash": s.base_config.hash()},
-           "trials": table, "completed": len(s.completed), "best": best}
+           "trials": table, "completed": len(s.completed), "best": best,
+           "best_vs_runner_up": s.best_vs_runner_up}
     with open(os.path.join(s.tune_dir, "results.json"), "w") as f:
         json.dump(out, f, indent=2)
         f.write("\n")
 
 
 def format_table(summary: SearchSummary) -> str:
-    """The results as a fixed-width text table, best trial marked with ``*``."""
+    """The results as a fixed-width text table, best trial marked with ``*``, each trial's pooled validation
+    accuracy with its 95 % interval, and whether the best is shown better than the runner-up."""
     extra = [] if summary.objective == "val_mean_acc" else ["val_mean_acc"]  # always shown, once
-    head = ["trial", "lambda", "margin", "lr", "width", "epochs", summary.objective] + extra + ["status"]
+    head = ["trial", "lambda", "margin", "lr", "width", "epochs", summary.objective] + extra + \
+        ["pooled [95 %]", "triplets", "status"]
     lines = []
     for r in summary.rows:
         d = r.as_dict(summary.base_config.model.width)
@@ -661,9 +781,12 @@ def format_table(summary: SearchSummary) -> str:
             return "-" if x is None else format(x, fmt)
 
         mark = "*" if summary.best is not None and r.trial_id == summary.best.trial_id else " "
+        pooled = "-" if r.pooled is None else \
+            f"{r.pooled.accuracy:.3f} [{r.pooled.ci95[0]:.2f}-{r.pooled.ci95[1]:.2f}]"
         lines.append([mark + r.trial_id, num(d["lambda"], ".4g"), num(d["margin"], ".4f"),
                       num(d["learning_rate"], ".3e"), str(d["width"]), str(d["epochs"]), num(r.score, ".4f")]
-                     + [num(r.metrics.get(m), ".4f") for m in extra] + [r.status])
+                     + [num(r.metrics.get(m), ".4f") for m in extra]
+                     + [pooled, "-" if r.pooled is None else str(r.pooled.n), r.status])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*l) for l in lines]
@@ -672,6 +795,12 @@ def format_table(summary: SearchSummary) -> str:
         out.append(f"best: trial {b.trial_id}, {summary.objective} = {b.score:.4f} "
                    f"(lambda {b.values.get(HP_LAMBDA)}, margin {b.values.get(HP_MARGIN):.4f}, "
                    f"learning rate {b.values.get(HP_LEARNING_RATE):.3e})")
+        if b.pooled is not None:
+            out.append(f"pooled [95 %]: validation accuracy over the {b.pooled.n} triplets of "
+                       f"{', '.join(b.pooled.conditions)}, with its Wilson interval")
+        versus = summary.best_vs_runner_up
+        if versus is not None:
+            out.append(f"best vs runner-up (trial {versus['runner_up']}): {versus['verdict']}")
     else:
         out.append("no trial has completed yet.")
     return "\n".join(out)

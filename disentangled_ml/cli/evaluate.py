@@ -6,8 +6,12 @@ condition's triplets measured in every slice), the accuracy of each label
 condition by (anchor's class, negative's class), and retrieval precision@k and mAP
 with track embeddings (the mean of up to --segments-per-track segments), for the
 trained model and for the baselines: MFCC-VQ (the paper's), MFCC statistics and
-the same network untrained. Writes RUN_DIR/eval_<split>/metrics.json,
-accuracy.png, disentanglement.png and class_pairs.png, and prints the tables.
+the same network untrained. Every accuracy has its 95 % Wilson interval, and per
+condition the model (in its slice) is compared with its whole embedding and each
+baseline on the same triplets (exact McNemar test; '*' in the table marks p < .05).
+Writes RUN_DIR/eval_<split>/metrics.json (with "comparisons"), triplet_correct.csv
+(every triplet's correct/incorrect per embedder and view), accuracy.png,
+disentanglement.png and class_pairs.png, and prints the tables.
 
 The same accuracies and matrix are also given on confounded triplets, a second
 fixed set per label condition whose positive shares as few, and whose negative as
@@ -164,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     if metrics["dropped_triplets"]:
         print(f"\n{metrics['dropped_triplets']} triplet(s) left out: {len(metrics['failed_tracks'])} track(s) "
               "could not be decoded (see metrics.json, failed_tracks).")
-    print("\nwrote " + ", ".join(paths[k] for k in ("metrics", "accuracy", "disentanglement",
+    print("\nwrote " + ", ".join(paths[k] for k in ("metrics", "triplet_correct", "accuracy", "disentanglement",
                                                     "disentanglement_confounded", "class_pairs") if k in paths))
     conf = metrics.get("confounded")
     if conf and "file" in conf:

@@ -1,6 +1,7 @@
 """Evaluation: triplet accuracy per condition, disentanglement, retrieval, baselines.
 
-* :mod:`.metrics`: pure numpy metrics (triplet accuracy, disentanglement matrix,
+* :mod:`.metrics`: pure numpy metrics (triplet accuracy and its Wilson interval, the
+  exact McNemar test of two embedders on the same triplets, disentanglement matrix,
   precision@k / mAP, relevance from the label rules).
 * :mod:`.baselines`: MFCC-VQ (the paper's baseline), MFCC statistics, the untrained
   network.
@@ -23,8 +24,8 @@ import importlib
 from typing import Any
 
 from disentangled_ml.evaluation.metrics import (  # noqa: F401
-    disentanglement_matrix, project, relevance_matrix, retrieval_metrics, triplet_accuracy, triplet_correct,
-    wilson_interval,
+    disentanglement_matrix, mcnemar_test, project, relevance_matrix, retrieval_metrics, triplet_accuracy,
+    triplet_correct, wilson_interval,
 )
 
 _LAZY = {
@@ -40,7 +41,7 @@ _LAZY = {
 }
 
 __all__ = ["triplet_accuracy", "triplet_correct", "disentanglement_matrix", "retrieval_metrics", "relevance_matrix",
-           "project", "wilson_interval", *_LAZY]
+           "project", "wilson_interval", "mcnemar_test", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

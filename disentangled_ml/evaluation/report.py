@@ -1,12 +1,19 @@
 """Write an evaluation: ``metrics.json``, two figures and a text table.
 
 * ``metrics.json``: the dict of :func:`disentangled_ml.evaluation.runner.evaluate_many`
-  (plus run information), with NaN written as ``null`` so any JSON reader takes it.
+  (plus run information), with NaN written as ``null`` so any JSON reader takes it;
+  everything but ``per_triplet``, which goes to
+* ``triplet_correct.csv``: one row per scored triplet (``set``: ``random`` or
+  ``confounded``, then the triplet's own columns: condition, anchor, positive, negative
+  and their starts) and one 0/1 column per scored series, ``<embedder>.<view>``
+  (``model.slice``, ``model.whole``, ``mfcc_vq.whole``, ...): 1 where that series orders
+  the triplet correctly. It is what the comparisons in ``metrics.json`` are computed
+  from, and what pairs two evaluations on the same triplets (e.g. two runs) for a test.
 * ``accuracy.png``: grouped bars, one group per condition, one bar per embedder
   (a model with sub-spaces gets two: scored in the condition's slice and on the
-  whole embedding), a dashed line at chance (0.5). When the metrics hold confounded
-  triplets (``"confounded"``), a second panel shows the same bars on them, with their
-  95 % Wilson intervals.
+  whole embedding), with their 95 % Wilson intervals as whiskers, a dashed line at
+  chance (0.5). When the metrics hold confounded triplets (``"confounded"``), a second
+  panel shows the same bars on them.
 * ``disentanglement.png``: the model's disentanglement matrix as a heat map with
   the accuracies written in the cells; ``disentanglement_confounded.png`` the same on
   the confounded triplets.
@@ -16,6 +23,7 @@ Matplotlib runs with the Agg backend, so no display is needed.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -24,7 +32,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 __all__ = ["to_jsonable", "write_metrics_json", "plot_accuracy", "plot_disentanglement", "format_table",
-           "write_report", "accuracy_series", "accuracy_series_ci", "format_confounded_table"]
+           "write_report", "accuracy_series", "accuracy_series_ci", "format_confounded_table",
+           "write_triplet_correct", "significance_marks", "SIGNIFICANT_MARK"]
+
+#: Marks a table cell whose series differs significantly from the reference (the model in its slice).
+SIGNIFICANT_MARK = "*"
+#: What is left out of metrics.json (not JSON: numpy arrays per triplet; see write_triplet_correct).
+PER_TRIPLET = "per_triplet"
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -46,11 +60,12 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_metrics_json(metrics: Mapping[str, Any], path: str) -> None:
-    """Write ``metrics`` as indented JSON (atomically: a crash never leaves half a file)."""
+    """Write ``metrics`` but its ``per_triplet`` outcomes as indented JSON (atomically: a crash never
+    leaves half a file)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(to_jsonable(metrics), f, indent=2, allow_nan=False)
+        json.dump(to_jsonable({k: v for k, v in metrics.items() if k != PER_TRIPLET}), f, indent=2, allow_nan=False)
         f.write("\n")
     os.replace(tmp, path)
 
@@ -64,20 +79,53 @@ def _series_source(metrics: Mapping[str, Any], confounded: bool) -> Tuple[List[s
     return list(conf.get("num_triplets", {})), conf.get("embedders", {})
 
 
+def _series_keys(metrics: Mapping[str, Any], confounded: bool = False) -> List[Tuple[str, str]]:
+    """``[(embedder name, view)]`` of the series of :func:`accuracy_series_ci`, in the same order."""
+    return [(name, view) for name, emb in _series_source(metrics, confounded)[1].items()
+            for view in (("slice", "whole") if emb["sliced"] else ("whole",))]
+
+
 def accuracy_series_ci(metrics: Mapping[str, Any], confounded: bool = False
                        ) -> List[Tuple[str, List[Optional[float]], List[Optional[Tuple[float, float]]]]]:
     """:func:`accuracy_series` with the 95 % interval of each value: ``[(label, [acc], [(low, high)])]``."""
     conds, embedders = _series_source(metrics, confounded)
     series = []
-    for emb in embedders.values():
+    for name, view in _series_keys(metrics, confounded):
+        emb = embedders[name]
         acc = emb["triplet_accuracy"]
-        views = ("slice", "whole") if emb["sliced"] else ("whole",)
-        for view in views:
-            label = f"{emb['label']} ({view})" if emb["sliced"] else emb["label"]
-            ci = [acc.get(c, {}).get(f"{view}_ci95") for c in conds]
-            series.append((label, [acc.get(c, {}).get(view) for c in conds],
-                           [None if x is None else (float(x[0]), float(x[1])) for x in ci]))
+        label = f"{emb['label']} ({view})" if emb["sliced"] else emb["label"]
+        ci = [acc.get(c, {}).get(f"{view}_ci95") for c in conds]
+        series.append((label, [acc.get(c, {}).get(view) for c in conds],
+                       [None if x is None else (float(x[0]), float(x[1])) for x in ci]))
     return series
+
+
+def significance_marks(metrics: Mapping[str, Any], confounded: bool = False) -> Dict[Tuple[str, str, str], str]:
+    """``{(embedder name, view, condition): SIGNIFICANT_MARK}`` for every series whose accuracy differs from
+    the reference's on the same triplets (``metrics["comparisons"]``, or the confounded set's:
+    ``significant``, exact McNemar p < alpha). Empty for metrics written before the comparisons existed."""
+    source = (metrics.get("confounded") or {}) if confounded else metrics
+    conds = (source.get("comparisons") or {}).get("conditions", {})
+    return {(v["embedder"], v["view"], cond): SIGNIFICANT_MARK
+            for cond, entry in conds.items() for v in entry["versus"] if v.get("significant")}
+
+
+def _marks_note(metrics: Mapping[str, Any], confounded: bool = False) -> str:
+    """The line under a table that says what its marks mean (empty without comparisons)."""
+    source = (metrics.get("confounded") or {}) if confounded else metrics
+    comp = source.get("comparisons")
+    if not comp or not comp.get("conditions"):
+        return ""
+    by_ref: Dict[str, List[str]] = {}
+    for cond, entry in comp["conditions"].items():
+        by_ref.setdefault(entry["reference"]["label"], []).append(cond)
+    main = max(by_ref, key=lambda r: len(by_ref[r]))  # the model's slice; the track triplets' is its whole vector
+    others = "".join(f" ({', '.join(conds)}: {ref})" for ref, conds in by_ref.items() if ref != main)
+    alpha = comp.get("alpha", 0.05)
+    where = f"{'confounded.' if confounded else ''}comparisons"
+    return (f"{SIGNIFICANT_MARK} = differs from {main}{others} on the same triplets (exact McNemar test, "
+            f"p < {alpha:g}, each comparison on its own,\nno multiplicity correction); no mark = not shown different. "
+            f"The p-values and the differences' 95 % intervals: {where} in metrics.json.")
 
 
 def accuracy_series(metrics: Mapping[str, Any], confounded: bool = False) -> List[Tuple[str, List[Optional[float]]]]:
@@ -133,10 +181,11 @@ def _per(counts: Mapping[str, int]) -> str:
 
 
 def plot_accuracy(metrics: Mapping[str, Any], path: str, title: Optional[str] = None) -> None:
-    """Grouped bar chart of triplet accuracy: conditions x embedders (``accuracy.png``).
+    """Grouped bar chart of triplet accuracy: conditions x embedders (``accuracy.png``), 95 % Wilson
+    intervals as whiskers.
 
-    With confounded triplets in ``metrics`` a second panel below shows their accuracy, with
-    95 % Wilson intervals as whiskers, over every label condition (empty where none was built).
+    With confounded triplets in ``metrics`` a second panel below shows their accuracy over every
+    label condition (empty where none was built).
     """
     plt = _pyplot()
     conds = metrics["conditions"]
@@ -147,9 +196,9 @@ def plot_accuracy(metrics: Mapping[str, Any], path: str, title: Optional[str] = 
     width_in = max(6.0, 1.6 * max(len(conds), len(conf_conds)) + 2)
     fig, axes = plt.subplots(panels, 1, figsize=(width_in, 4.2 if panels == 1 else 7.6), squeeze=False)
     ax = axes[0, 0]
-    _bar_panel(ax, conds, series, whiskers=False)
+    _bar_panel(ax, conds, series, whiskers=True)
     ax.set_title(title or f"triplet accuracy ({metrics.get('split', 'eval')} split, "
-                          f"{_per(metrics.get('num_triplets', {}))} triplets per condition)")
+                          f"{_per(metrics.get('num_triplets', {}))} triplets per condition; bars: 95 % interval)")
     if panels == 2:
         cax = axes[1, 0]
         _bar_panel(cax, conf_conds, accuracy_series_ci(metrics, True), whiskers=True)
@@ -248,14 +297,30 @@ def _table(header: List[str], rows: List[List[str]]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
+def _accuracy_cells(metrics: Mapping[str, Any], confounded: bool = False) -> Tuple[List[str], List[List[str]]]:
+    """``(series labels, rows)``: per condition, each series' accuracy with its 95 % interval, the
+    significance mark and ``<`` (interval below chance), condition name first."""
+    conds = _series_source(metrics, confounded)[0]
+    series = accuracy_series_ci(metrics, confounded)
+    keys = _series_keys(metrics, confounded)
+    marks = significance_marks(metrics, confounded)
+    rows = [[c] + [_fmt_ci(values[i], cis[i], marks.get((*key, c), "")) for key, (_, values, cis) in zip(keys, series)]
+            for i, c in enumerate(conds)]
+    return [label for label, _, _ in series], rows
+
+
 def format_table(metrics: Mapping[str, Any]) -> str:
-    """Two plain-text tables: triplet accuracy, then retrieval precision@k / mAP."""
+    """Plain-text tables: triplet accuracy with 95 % intervals and significance marks, then retrieval
+    precision@k / mAP, then (when scored) the confounded triplets."""
     conds = metrics["conditions"]
-    series = accuracy_series(metrics)
-    acc_rows = [[c] + [_fmt(values[i]) for _, values in series] + [str(metrics["num_triplets"].get(c, 0))]
-                for i, c in enumerate(conds)]
-    out = [f"triplet accuracy ({metrics.get('split', 'eval')} split)",
-           _table(["condition"] + [s for s, _ in series] + ["triplets"], acc_rows)]
+    labels, acc_rows = _accuracy_cells(metrics)
+    acc_rows = [row + [str(metrics["num_triplets"].get(c, 0))] for c, row in zip(conds, acc_rows)]
+    out = [f"triplet accuracy ({metrics.get('split', 'eval')} split): accuracy [95 % Wilson interval], "
+           "'<' = below chance",
+           _table(["condition"] + labels + ["triplets"], acc_rows)]
+    note = _marks_note(metrics)
+    if note:
+        out.append(note)
     k = metrics.get("k", 10)
     names = [c for c in conds if c != "track"]
     header = ["condition"] + [emb["label"] for emb in metrics["embedders"].values()]
@@ -275,21 +340,23 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _fmt_ci(v: Any, ci: Optional[Tuple[float, float]]) -> str:
+def _fmt_ci(v: Any, ci: Optional[Tuple[float, float]], mark: str = "") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
     text = f"{v:.3f}" if ci is None else f"{v:.3f} [{ci[0]:.2f}-{ci[1]:.2f}]"
-    return text + (" <" if ci is not None and ci[1] < 0.5 else "")
+    # a space where there is no mark keeps a right-aligned column's numbers in line
+    return text + (mark or " ") + (" <" if ci is not None and ci[1] < 0.5 else "")
 
 
 def format_confounded_table(metrics: Mapping[str, Any]) -> str:
     """The confounded triplets: accuracy with its 95 % interval per condition and series (``<`` marks an
-    interval wholly below chance), the triplets built and the anchors that allowed them, and how
+    interval wholly below chance, ``*`` a significant difference from the model's slice on the same
+    triplets), the triplets built and the anchors that allowed them, and how
     many other labels the negative and the positive share with the anchor on average (random set's
     means in brackets)."""
     conf = metrics["confounded"]
     conds = list(conf.get("num_triplets", {}))
-    series = accuracy_series_ci(metrics, True)
+    labels, cells = _accuracy_cells(metrics, True)
     sets = conf.get("sets", {})
     rows = []
     for i, c in enumerate(conds):
@@ -300,27 +367,55 @@ def format_confounded_table(metrics: Mapping[str, Any]) -> str:
             v, r = st.get(f"{key}_shared_mean"), st.get(f"random_{key}_shared_mean")
             return "-" if v is None else f"{v:.2f}/{n_other}" + ("" if r is None else f" ({r:.2f})")
 
-        rows.append([c] + [_fmt_ci(values[i], cis[i]) for _, values, cis in series] +
-                    [str(conf["num_triplets"].get(c, 0)), str(st.get("anchors", "-")), share("negative"),
-                     share("positive")])
-    header = ["condition"] + [s for s, _, _ in series] + ["triplets", "anchors", "neg. shares", "pos. shares"]
+        rows.append(cells[i] + [str(conf["num_triplets"].get(c, 0)), str(st.get("anchors", "-")),
+                                share("negative"), share("positive")])
+    header = ["condition"] + labels + ["triplets", "anchors", "neg. shares", "pos. shares"]
+    note = _marks_note(metrics, True)
     return "\n".join([
         f"confounded triplets ({metrics.get('split', 'eval')} split): accuracy [95 % interval], '<' = below chance; "
         "shares = mean other labels shared with the anchor (random triplets in brackets)",
-        _table(header, rows)])
+        _table(header, rows)] + ([note] if note else []))
+
+
+def write_triplet_correct(per_triplet: Mapping[str, Mapping[str, Any]], path: str) -> None:
+    """``triplet_correct.csv`` (module notes) from the ``per_triplet`` of
+    :func:`~disentangled_ml.evaluation.runner.evaluate_many`: ``set``, the triplets' own columns, then
+    one 0/1 column per series (the union over the sets; empty where a set lacks that series)."""
+    fields: List[str] = []
+    series: List[str] = []
+    for part in per_triplet.values():
+        for t in part["triplets"]:
+            fields += [k for k in t if k not in fields]
+        series += [k for k in part["correct"] if k not in series]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["set"] + fields + series)
+        for name, part in per_triplet.items():
+            correct = part["correct"]
+            for i, t in enumerate(part["triplets"]):
+                w.writerow([name] + [t.get(k, "") for k in fields] +
+                           [int(correct[k][i]) if k in correct else "" for k in series])
+    os.replace(tmp, path)
 
 
 def write_report(metrics: Mapping[str, Any], out_dir: str) -> Dict[str, str]:
-    """Write ``metrics.json``, ``accuracy.png`` and (when the model has them) ``disentanglement.png``,
+    """Write ``metrics.json``, ``accuracy.png``, ``triplet_correct.csv`` (when ``metrics`` holds
+    ``per_triplet``) and (when the model has them) ``disentanglement.png``,
     ``disentanglement_confounded.png`` and ``class_pairs.png``.
 
     Returns:
-        ``{"metrics": path, "accuracy": path, "disentanglement": path, "disentanglement_confounded": path,
-        "class_pairs": path}`` (the last three only when written).
+        ``{"metrics": path, "accuracy": path, "triplet_correct": path, "disentanglement": path,
+        "disentanglement_confounded": path, "class_pairs": path}`` (all but the first two only when
+        written).
     """
     os.makedirs(out_dir, exist_ok=True)
     paths = {"metrics": os.path.join(out_dir, "metrics.json"), "accuracy": os.path.join(out_dir, "accuracy.png")}
     write_metrics_json(metrics, paths["metrics"])
+    if metrics.get(PER_TRIPLET):
+        paths["triplet_correct"] = os.path.join(out_dir, "triplet_correct.csv")
+        write_triplet_correct(metrics[PER_TRIPLET], paths["triplet_correct"])
     plot_accuracy(metrics, paths["accuracy"])
     first = next(iter(metrics["embedders"]))
     target = "model" if "model" in metrics["embedders"] else first

@@ -13,6 +13,11 @@ What is measured, per embedder:
   triplets), in the condition's own sub-space (the paper's headline numbers) and
   on the whole embedding (both as in Lee et al. 2020, Table 1), with a 95 %
   Wilson interval;
+* for every condition, the first embedder (the model) in its sub-space against every
+  other scored series (its whole embedding, each baseline) on the same triplets: the
+  exact McNemar test and the 95 % interval of the accuracy difference
+  (:func:`~disentangled_ml.evaluation.metrics.mcnemar_test`; ``"comparisons"``), from
+  each triplet's correct/incorrect outcome, which is also returned (``"per_triplet"``);
 * the disentanglement matrix: every condition's triplets in every condition's
   sub-space (:func:`disentangled_ml.evaluation.metrics.disentanglement_matrix`);
 * the same accuracies and matrix on the *confounded* triplets
@@ -46,8 +51,9 @@ from disentangled_ml.data.eval_triplets import ROLES, waveform_crop
 from disentangled_ml.data.manifest import Track
 from disentangled_ml.evaluation.embedders import EvaluationError
 from disentangled_ml.evaluation.metrics import (
-    DEFAULT_K, DEFAULT_SEGMENTS_PER_TRACK, View, class_pair_accuracy, disentanglement_matrix, relevance_matrix,
-    retrieval_metrics, triplet_correct, wilson_interval,
+    DEFAULT_K, DEFAULT_SEGMENTS_PER_TRACK, MCNEMAR_TEST, PAIRED_INTERVAL, SIGNIFICANCE_LEVEL, View,
+    class_pair_accuracy, disentanglement_matrix, mcnemar_test, relevance_matrix, retrieval_metrics, triplet_correct,
+    wilson_interval,
 )
 
 log = logging.getLogger(__name__)
@@ -252,6 +258,95 @@ def _condition_order(config: Config, present: Sequence[str]) -> List[str]:
     return order
 
 
+def _correct_by_view(spec: EmbedderSpec, cond: str, a: np.ndarray, p: np.ndarray,
+                     n: np.ndarray) -> Tuple[Optional[np.ndarray], np.ndarray]:
+    """Which of one condition's triplets ``spec`` orders correctly: ``(in its sub-space, on the whole vector)``.
+
+    Args:
+        a, p, n: float ``[N, D]`` embeddings of the anchors, positives and negatives.
+
+    Returns:
+        bool ``[N]`` twice. The first is None for an embedder without sub-spaces (a
+        baseline), and *the same array* as the second where the condition's view is the
+        whole embedding (the track triplets, the paper's track regulariser; ``mask_mode
+        none``): :func:`_comparisons` recognises it so and does not test a score against itself.
+    """
+    whole = triplet_correct(a, p, n)
+    if spec.views is None:
+        return None, whole
+    view = None if cond == TRACK_CONDITION else spec.views.get(cond)
+    return (whole if view is None else triplet_correct(a, p, n, view)), whole
+
+
+#: The views a triplet set's outcomes are filed under (``"<embedder>.<view>"`` in ``per_triplet``).
+SLICE, WHOLE_VIEW = "slice", "whole"
+
+Outcomes = Dict[str, Dict[Tuple[str, str], np.ndarray]]  # {condition: {(embedder, view): bool [N_c]}}
+
+
+def _file_outcomes(outcomes: Outcomes, spec: EmbedderSpec, cond: str, sl: Optional[np.ndarray],
+                   whole: np.ndarray) -> None:
+    series = outcomes.setdefault(cond, {})
+    if sl is not None:
+        series[(spec.name, SLICE)] = sl
+    series[(spec.name, WHOLE_VIEW)] = whole
+
+
+def _series_label(spec: EmbedderSpec, view: str) -> str:
+    """The series' name in tables and plots: ``"model (slice)"``, ``"model (whole)"``, ``"MFCC-VQ"``."""
+    return f"{spec.label} ({view})" if spec.views is not None else str(spec.label)
+
+
+def _comparisons(outcomes: Outcomes, specs: Sequence[EmbedderSpec], alpha: float = SIGNIFICANCE_LEVEL
+                 ) -> Dict[str, Any]:
+    """Every condition's reference series against each other series on the same triplets.
+
+    The reference is the first embedder of ``specs`` (the model, in :func:`evaluate_run`):
+    its ``slice`` series where that differs from its whole embedding, else its ``whole`` one
+    (:func:`_correct_by_view` files the two as one array there, and the alias is not tested).
+
+    Args:
+        outcomes: per-triplet correctness by condition and ``(embedder, view)``
+            (:func:`_file_outcomes`).
+        specs: the embedders, in report order.
+        alpha: significance level.
+
+    Returns:
+        ``{"test", "interval", "alpha", "conditions": {cond: {"reference": {"embedder", "view",
+        "label"}, "versus": [{"embedder", "view", "label", **mcnemar_test(reference, this)}]}}}``:
+        in each ``versus`` entry ``a`` is the reference and ``b`` the other series, so
+        ``difference > 0`` means the reference orders more triplets correctly.
+    """
+    by_name = {s.name: s for s in specs}
+    reference = specs[0].name
+    conds: Dict[str, Any] = {}
+    for cond, series in outcomes.items():
+        sl = series.get((reference, SLICE))  # None for an embedder without sub-spaces
+        ref_key = (reference, SLICE) if sl is not None and sl is not series[(reference, WHOLE_VIEW)] \
+            else (reference, WHOLE_VIEW)
+        ref = series[ref_key]
+        versus = [{"embedder": name, "view": view, "label": _series_label(by_name[name], view),
+                   **mcnemar_test(ref, correct, alpha=alpha)}
+                  for (name, view), correct in series.items()
+                  if (name, view) != ref_key and not (name == reference and correct is ref)]
+        conds[cond] = {"reference": {"embedder": ref_key[0], "view": ref_key[1],
+                                     "label": _series_label(by_name[reference], ref_key[1])},
+                       "versus": versus}
+    return {"test": MCNEMAR_TEST, "interval": PAIRED_INTERVAL, "alpha": alpha, "conditions": conds}
+
+
+def _per_triplet(outcomes: Outcomes, rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> Dict[str, Any]:
+    """One triplet set's outcomes as columns: ``{"triplets": [rows, condition by condition],
+    "correct": {"<embedder>.<view>": bool [N]}}`` (what ``triplet_correct.csv`` holds)."""
+    keys: List[Tuple[str, str]] = []
+    for series in outcomes.values():
+        keys += [k for k in series if k not in keys]
+    conds = [c for c in outcomes if rows.get(c)]
+    correct = {f"{name}.{view}": np.concatenate([outcomes[c][(name, view)] for c in conds]) if conds
+               else np.zeros(0, bool) for name, view in keys}
+    return {"triplets": [dict(t) for c in conds for t in rows[c]], "correct": correct}
+
+
 def _accuracy_entry(ok_slice: Optional[np.ndarray], ok_whole: np.ndarray) -> Dict[str, Any]:
     n = int(ok_whole.size)
     entry: Dict[str, Any] = {"n": n, "whole": float(ok_whole.mean()),
@@ -305,12 +400,29 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
                                   "disentanglement": {"rows", "columns", "accuracy"} | None,
                                   "retrieval": {cond: {"precision_at_k", "map", "k", "queries",
                                                        "skipped_queries"} | None}}},
+             "comparisons": {"test", "interval", "alpha",
+                             "conditions": {cond: {"reference": {"embedder", "view", "label"},
+                                                   "versus": [{"embedder", "view", "label", "n", "accuracy_a",
+                                                               "accuracy_b", "difference", "ci95", "both",
+                                                               "a_only", "b_only", "neither", "p_value",
+                                                               "significant"}]}}},
+             "per_triplet": {"random": {"triplets": [rows], "correct": {"<name>.<view>": bool [N]}},
+                             "confounded": {...}},
              "confounded": {"conditions": [...], "num_triplets": {label condition: n, 0 if none},
                             "dropped_triplets": int,
                             "sets": {cond: ...},  # data.confounded_triplets.confoundedness
                             "embedders": {name: {"label", "sliced", "triplet_accuracy": {cond: {...}},
-                                                 "disentanglement": {...} | None}}}}
+                                                 "disentanglement": {...} | None}},
+                            "comparisons": {...}}}
             # "confounded" only with ``confounded``; see _confounded_scores
+
+        ``comparisons`` tests, per condition, the first embedder (the reference; in its
+        sub-space, or on the whole vector where that is its view) against every other series on
+        the same triplets (:func:`_comparisons`; ``a`` = the reference). ``per_triplet`` holds
+        each kept triplet (its CSV row, condition by condition) and whether each series
+        (``"<embedder name>.slice"`` / ``".whole"``) ordered it correctly; it is not JSON:
+        :func:`~disentangled_ml.evaluation.report.write_report` writes it to
+        ``triplet_correct.csv`` and leaves it out of ``metrics.json``.
 
     Raises:
         EvaluationError: an unknown condition or track id in the triplets, no triplets,
@@ -385,10 +497,12 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
         log.warning("%d evaluation triplet(s) use undecodable tracks and are left out.", dropped)
     tables = tables if tables is not None else LabelTables.from_tracks(tracks, config)
     by_cond: Dict[str, Dict[str, np.ndarray]] = {}
+    rows_by_cond: Dict[str, List[Mapping[str, Any]]] = {}  # the triplets of by_cond, in the same order
     pair_classes: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}  # label conditions: anchor / negative classes
     for cond in order:
         ts = [t for t in kept if str(t["condition"]) == cond]
         if ts:
+            rows_by_cond[cond] = ts
             by_cond[cond] = {r: np.array([crops.index[(str(t[r]), int(t[f"{r}_start"]))] for t in ts]) for r in ROLES}
             if cond in tables.vocab:
                 m = tables.classes[tables.conditions.index(cond)]
@@ -400,10 +514,11 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
     def conf_row(key: Tuple[str, int]) -> int:  # row in [crops' matrix; conf_crops' matrix]
         return crops.index[key] if key in crops.index else len(crops.index) + conf_crops.index[key]
 
+    conf_rows = {cond: ts for cond in conf_order
+                 for ts in [[t for t in conf_kept if str(t["condition"]) == cond]] if ts}
     conf_by_cond = {cond: {r: np.array([conf_row((str(t[r]), int(t[f"{r}_start"]))) for t in ts], np.int64)
                            for r in ROLES}
-                    for cond in conf_order
-                    for ts in [[t for t in conf_kept if str(t["condition"]) == cond]] if ts}
+                    for cond, ts in conf_rows.items()}
 
     r_rows = [r for r in rows if tracks[r].track_id in track_segments]
     relevance = {}
@@ -412,19 +527,18 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
 
     out_emb: Dict[str, Any] = {}
     conf_emb: Dict[str, Any] = {}
+    outcomes: Outcomes = {}
+    conf_outcomes: Outcomes = {}
     for spec in embedders:
         emb = crops.matrix(spec.name)
         if confounded is not None:
             both = np.concatenate([emb, conf_crops.matrix(spec.name)]) if conf_crops.parts[spec.name] else emb
-            conf_emb[spec.name] = _confounded_scores(spec, both, conf_by_cond)
+            conf_emb[spec.name] = _confounded_scores(spec, both, conf_by_cond, conf_outcomes)
         trip = {c: tuple(emb[ix[r]] for r in ROLES) for c, ix in by_cond.items()}
         acc, class_pairs = {}, {}
         for cond, (a, p, n) in trip.items():
-            whole = triplet_correct(a, p, n)
-            view_sliced = spec.views is not None and cond != TRACK_CONDITION
-            sl = triplet_correct(a, p, n, spec.views.get(cond)) if view_sliced else None
-            if spec.views is not None and cond == TRACK_CONDITION:
-                sl = whole  # track triplets live in the whole embedding (the paper's track regulariser)
+            sl, whole = _correct_by_view(spec, cond, a, p, n)
+            _file_outcomes(outcomes, spec, cond, sl, whole)
             acc[cond] = _accuracy_entry(sl, whole)
             if cond in pair_classes:
                 class_pairs[cond] = class_pair_accuracy(whole if sl is None else sl, *pair_classes[cond],
@@ -455,6 +569,8 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
         "segments_per_track": int(segments_per_track),
         "k": int(k),
         "embedders": out_emb,
+        "comparisons": _comparisons(outcomes, embedders),
+        "per_triplet": {"random": _per_triplet(outcomes, rows_by_cond)},
     }
     if confounded is not None:
         from disentangled_ml.data.confounded_triplets import confoundedness
@@ -466,13 +582,16 @@ def evaluate_many(embedders: Sequence[EmbedderSpec], triplets: Sequence[Mapping[
             "dropped_triplets": len(confounded) - len(conf_kept),
             "sets": confoundedness(conf_kept, tables, config, rows=rows, random_triplets=kept),
             "embedders": conf_emb,
+            "comparisons": _comparisons(conf_outcomes, embedders),
         }
+        result["per_triplet"]["confounded"] = _per_triplet(conf_outcomes, conf_rows)
     return result
 
 
-def _confounded_scores(spec: EmbedderSpec, emb: np.ndarray,
-                       by_cond: Mapping[str, Mapping[str, np.ndarray]]) -> Dict[str, Any]:
-    """One embedder's entry under ``metrics["confounded"]["embedders"]``.
+def _confounded_scores(spec: EmbedderSpec, emb: np.ndarray, by_cond: Mapping[str, Mapping[str, np.ndarray]],
+                       outcomes: Outcomes) -> Dict[str, Any]:
+    """One embedder's entry under ``metrics["confounded"]["embedders"]``; its per-triplet outcomes go
+    into ``outcomes``.
 
     Returns:
         ``{"label", "sliced", "triplet_accuracy": {cond: {"slice", "whole", "n", "slice_ci95",
@@ -483,8 +602,9 @@ def _confounded_scores(spec: EmbedderSpec, emb: np.ndarray,
     trip = {c: tuple(emb[ix[r]] for r in ROLES) for c, ix in by_cond.items()}
     acc = {}
     for cond, (a, p, n) in trip.items():
-        sl = triplet_correct(a, p, n, spec.views.get(cond)) if spec.views is not None else None
-        acc[cond] = _accuracy_entry(sl, triplet_correct(a, p, n))
+        sl, whole = _correct_by_view(spec, cond, a, p, n)
+        _file_outcomes(outcomes, spec, cond, sl, whole)
+        acc[cond] = _accuracy_entry(sl, whole)
     matrix = disentanglement_matrix(trip, spec.columns) if spec.columns is not None and trip else None
     return {"label": spec.label, "sliced": spec.views is not None, "triplet_accuracy": acc,
             "disentanglement": matrix}
