@@ -28,7 +28,7 @@ TRACK_CONDITION = "track"
 
 
 #: Values of ``data.mining`` (see :mod:`disentangled_ml.losses`).
-MINING_MODES = ("random", "batch_hard", "semi_hard", "in_batch_all", "in_batch_hard")
+MINING_MODES = ("random", "batch_hard", "semi_hard", "in_batch_all", "in_batch_hard", "in_batch_contrastive")
 
 
 def _check(cond: bool, name: str, value: Any, expected: str) -> None:
@@ -176,7 +176,8 @@ class DataConfig:
     max_track_overlap: float = 0.5  # track triplets: anchor/positive crops overlap at most this.
     # "random": the sampled triplets (the paper); "batch_hard" / "semi_hard": a selection of them;
     # "in_batch_all" / "in_batch_hard": every triplet the labels allow among all crops of a batch
-    # (see disentangled_ml.losses). in_batch_all is the default: on the 400-track synthetic
+    # (see disentangled_ml.losses); "in_batch_contrastive": the same pairs in a softmax over every
+    # candidate of an anchor (supervised contrastive, loss.temperature) instead of a margin. in_batch_all is the default: on the 400-track synthetic
     # collection it matched the paper's sampling in half the steps, at no measurable cost per step
     # (benchmarks/RESULTS.md).
     mining: str = "in_batch_all"
@@ -344,6 +345,10 @@ class LossConfig:
     mask_l1: float = 1.25e-4
     embed_norm: float = 5e-3  # CSN: penalty on the un-normalised embedding norm.
     hard_fraction: float = 0.5  # data.mining="batch_hard": share of each condition's triplets kept, hardest first.
+    # data.mining="in_batch_contrastive": logits are -(squared distance in the view) / temperature.
+    # On per-slice-normalised slices (norm 1/2) that is cos / (2 * temperature) plus a constant,
+    # so 0.05 is supervised contrastive learning's usual cosine temperature of 0.1.
+    temperature: float = 0.05
 
     def __post_init__(self) -> None:
         _check(self.margin >= 0, "loss.margin", self.margin, ">= 0 (a negative margin rewards wrong orderings)")
@@ -351,6 +356,7 @@ class LossConfig:
         _check(self.mask_l1 >= 0, "loss.mask_l1", self.mask_l1, ">= 0")
         _check(self.embed_norm >= 0, "loss.embed_norm", self.embed_norm, ">= 0")
         _check(0 < self.hard_fraction <= 1, "loss.hard_fraction", self.hard_fraction, "in (0, 1]")
+        _check(self.temperature > 0, "loss.temperature", self.temperature, "> 0")
 
 
 #: Values of ``train.lr_schedule``.

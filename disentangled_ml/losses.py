@@ -30,8 +30,8 @@ as one) of the batch, during training only (evaluation always scores every tripl
   count; a condition with none of those in the batch falls back to its triplets with
   non-zero loss.
 
-In-batch mining (``"in_batch_all"``, ``"in_batch_hard"``)
----------------------------------------------------------
+In-batch mining (``"in_batch_all"``, ``"in_batch_hard"``, ``"in_batch_contrastive"``)
+---------------------------------------------------------------------------------------
 The training pipeline also sends what is known about each crop (its track, excerpt,
 crop start and labels), so every one of the ``N = 3B`` crops of a batch can be
 paired with every other under the same similarity rules as the sampler
@@ -45,7 +45,15 @@ distance matrix per batch -- the network's forward pass is unchanged:
   grows with the batch cubed, ``(3B)^3 * 4`` bytes a tensor, 3.5 MB at B = 32,
   225 MB at B = 128);
 * ``"in_batch_hard"``: per condition and anchor, the hardest positive against the
-  hardest negative, averaged over anchors that have both.
+  hardest negative, averaged over anchors that have both;
+* ``"in_batch_contrastive"``: the same valid pairs in a supervised contrastive loss
+  (Khosla et al. 2020, "Supervised contrastive learning"; its "L_out" form): per
+  condition and anchor, the mean over its positives ``p`` of
+  ``-log(exp(z_p) / sum_{c in positives and negatives} exp(z_c))`` with
+  ``z = -d^2 / loss.temperature`` in the condition's view, averaged over anchors that
+  have both. Every negative pushes with a weight that grows with how close it is,
+  instead of the margin's all-or-nothing, so hard negatives count most without
+  being selected. No margin.
 
 ``L_cond`` is then the mean over the conditions present in the batch and ``L_track``
 the track group's value. Metrics (per-condition loss and accuracy) still describe the
@@ -66,7 +74,7 @@ __all__ = ["IN_BATCH_MODES", "MINING_MODES", "MaskedTripletLoss", "build_triplet
            "pairwise_masked_distance"]
 
 #: Modes that mine among all crops of a batch and need the pipeline's crop labels.
-IN_BATCH_MODES = ("in_batch_all", "in_batch_hard")
+IN_BATCH_MODES = ("in_batch_all", "in_batch_hard", "in_batch_contrastive")
 
 
 def masked_distance(x, y, mask, epsilon: float = 1e-12):
@@ -79,12 +87,13 @@ def masked_distance(x, y, mask, epsilon: float = 1e-12):
     return ops.sqrt(ops.sum(ops.square(diff), axis=-1) + epsilon)
 
 
-def pairwise_masked_distance(embeddings, masks, epsilon: float = 1e-12):
+def pairwise_masked_distance(embeddings, masks, epsilon: float = 1e-12, squared: bool = False):
     """``||m_g * (e_i - e_j)||`` for every mask row ``g`` and pair ``i, j``: float32 ``[G, N, N]``.
 
     Args:
         embeddings: float32 ``[N, D]``.
         masks: float32 ``[G, D]``.
+        squared: return the squared distances (no square root, no ``epsilon``).
 
     Computed from Gram matrices (``|x|^2 + |y|^2 - 2 x.y``, clipped at 0), so memory
     is ``G * N^2`` rather than ``G * N^2 * D``.
@@ -93,7 +102,7 @@ def pairwise_masked_distance(embeddings, masks, epsilon: float = 1e-12):
     sq = ops.sum(ops.square(me), axis=-1)  # [G, N]
     gram = ops.matmul(me, ops.transpose(me, (0, 2, 1)))  # [G, N, N]
     d2 = ops.maximum(sq[:, :, None] + sq[:, None, :] - 2.0 * gram, 0.0)
-    return ops.sqrt(d2 + epsilon)
+    return d2 if squared else ops.sqrt(d2 + epsilon)
 
 
 @keras.saving.register_keras_serializable(package="disentangled_ml")
@@ -139,7 +148,7 @@ class MaskedTripletLoss(keras.layers.Layer):
 
     def __init__(self, names: Sequence[str], margin: float = 0.1, track_weight: float = 0.5,
                  mining: str = "random", hard_fraction: float = 0.5, embed_norm: float = 0.0,
-                 epsilon: float = 1e-12, **kwargs: Any) -> None:
+                 temperature: float = 0.05, epsilon: float = 1e-12, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         names = tuple(names)
         if not names or TRACK_CONDITION in names or len(set(names)) != len(names):
@@ -155,12 +164,15 @@ class MaskedTripletLoss(keras.layers.Layer):
             raise ConfigError(f"hard_fraction={hard_fraction!r} must be in (0, 1] (config value loss.hard_fraction).")
         if embed_norm < 0:
             raise ConfigError(f"embed_norm={embed_norm!r} must be >= 0 (config value loss.embed_norm).")
+        if temperature <= 0:
+            raise ConfigError(f"temperature={temperature!r} must be > 0 (config value loss.temperature).")
         self.names = names
         self.margin = float(margin)
         self.track_weight = float(track_weight)
         self.mining = mining
         self.hard_fraction = float(hard_fraction)
         self.embed_norm = float(embed_norm)
+        self.temperature = float(temperature)
         self.epsilon = float(epsilon)
         self.built = True  # no weights
 
@@ -240,11 +252,26 @@ class MaskedTripletLoss(keras.layers.Layer):
             (loss ``[C + 1]``, present ``[C + 1]``): the group's loss (module docstring)
             and 1.0 where the batch holds at least one valid triplet of it.
         """
+        pos_f = ops.cast(pos, embeddings.dtype)
+        neg_f = ops.cast(neg, embeddings.dtype)
+        has = ops.cast(ops.logical_and(ops.any(pos, axis=2), ops.any(neg, axis=2)), embeddings.dtype)  # [G, N]
+        present = ops.cast(ops.sum(has, axis=1) > 0, embeddings.dtype)
+        if self.mining == "in_batch_contrastive":
+            d2 = pairwise_masked_distance(embeddings, ops.cast(masks, embeddings.dtype), squared=True)
+            logits = -d2 / self.temperature
+            candidate = ops.logical_or(pos, neg)
+            # log-sum-exp over each anchor's candidates only; the row maximum is shifted out
+            # (stopped: it cancels in the softmax) so exp() cannot overflow at small temperatures.
+            # Non-candidates are set to -1e9 *before* exp(): masking after it would leave an
+            # overflowed exp() in the graph, and its gradient (inf * 0) would be NaN.
+            masked = ops.where(candidate, logits, -1e9)
+            shift = ops.stop_gradient(ops.max(masked, axis=2, keepdims=True))
+            log_norm = ops.log(ops.sum(ops.exp(masked - shift), axis=2, keepdims=True)) + shift  # [G, N, 1]
+            log_prob = logits - log_norm
+            n_pos = ops.maximum(ops.sum(pos_f, axis=2), 1.0)
+            per_anchor = -ops.sum(log_prob * pos_f, axis=2) / n_pos * has  # [G, N]
+            return ops.sum(per_anchor, axis=1) / ops.maximum(ops.sum(has, axis=1), 1.0), present
         dist = pairwise_masked_distance(embeddings, ops.cast(masks, embeddings.dtype), self.epsilon)
-        pos_f = ops.cast(pos, dist.dtype)
-        neg_f = ops.cast(neg, dist.dtype)
-        has = ops.cast(ops.logical_and(ops.any(pos, axis=2), ops.any(neg, axis=2)), dist.dtype)  # [G, N]
-        present = ops.cast(ops.sum(has, axis=1) > 0, dist.dtype)
         if self.mining == "in_batch_all":
             losses = []
             for g in range(pos.shape[0]):  # one group at a time: peak memory N^3, not (C + 1) N^3
@@ -287,7 +314,7 @@ class MaskedTripletLoss(keras.layers.Layer):
         config = super().get_config()
         config.update(names=list(self.names), num_conditions=self.num_conditions, margin=self.margin,
                       track_weight=self.track_weight, mining=self.mining, hard_fraction=self.hard_fraction,
-                      embed_norm=self.embed_norm, epsilon=self.epsilon)
+                      embed_norm=self.embed_norm, temperature=self.temperature, epsilon=self.epsilon)
         return config
 
     @classmethod
@@ -308,5 +335,5 @@ def build_triplet_loss(cfg: Config, name: str = "triplet_loss") -> MaskedTriplet
     """
     return MaskedTripletLoss(
         names=cfg.conditions.names, margin=cfg.loss.margin, track_weight=cfg.loss.track_weight,
-        mining=cfg.data.mining, hard_fraction=cfg.loss.hard_fraction,
+        mining=cfg.data.mining, hard_fraction=cfg.loss.hard_fraction, temperature=cfg.loss.temperature,
         embed_norm=cfg.loss.embed_norm if cfg.model.mask_mode == "learned" else 0.0, name=name)

@@ -199,19 +199,26 @@ def test_build_from_config():
 
 # ----------------------------------------------------------------------------- in-batch mining
 
-def in_batch_reference(emb, masks, pos, neg, margin, mode):
+def in_batch_reference(emb, masks, pos, neg, margin, mode, temperature=0.05):
     """Brute-force loops over every (anchor, positive, negative) of every group."""
     losses, present = [], []
     for g in range(masks.shape[0]):
         d = np.sqrt((((emb[:, None, :] - emb[None, :, :]) * masks[g]) ** 2).sum(-1))
-        hinges, hard = [], []
+        hinges, hard, contrastive = [], [], []
         for a in range(len(emb)):
             ps, ns = np.flatnonzero(pos[g, a]), np.flatnonzero(neg[g, a])
             if len(ps) and len(ns):
                 hinges += [max(0.0, d[a, p] - d[a, n] + margin) for p in ps for n in ns]
                 hard.append(max(0.0, d[a, ps].max() - d[a, ns].min() + margin))
+                # supervised contrastive: -mean_p log softmax over the anchor's candidates
+                cand = np.union1d(ps, ns)
+                z = -d[a] ** 2 / temperature
+                log_norm = np.log(np.sum(np.exp(z[cand].astype(np.float64))))
+                contrastive.append(float(np.mean([log_norm - z[p] for p in ps])))
         present.append(float(bool(hard)))
-        if mode == "in_batch_all":
+        if mode == "in_batch_contrastive":
+            losses.append(float(np.mean(contrastive)) if contrastive else 0.0)
+        elif mode == "in_batch_all":
             active = [h for h in hinges if h > 0]
             losses.append(sum(active) / max(len(active), 1))
         else:
@@ -219,7 +226,7 @@ def in_batch_reference(emb, masks, pos, neg, margin, mode):
     return np.array(losses), np.array(present)
 
 
-@pytest.mark.parametrize("mode", ["in_batch_all", "in_batch_hard"])
+@pytest.mark.parametrize("mode", ["in_batch_all", "in_batch_hard", "in_batch_contrastive"])
 def test_in_batch_loss_matches_brute_force(mode):
     rng = np.random.default_rng(3)
     n = 12
@@ -235,7 +242,7 @@ def test_in_batch_loss_matches_brute_force(mode):
     assert ref_present.tolist() == [1.0, 0.0, 1.0] and ref_loss[0] > 0
 
 
-@pytest.mark.parametrize("mode", ["in_batch_all", "in_batch_hard"])
+@pytest.mark.parametrize("mode", ["in_batch_all", "in_batch_hard", "in_batch_contrastive"])
 def test_in_batch_objective_averages_present_conditions_and_weights_track(mode):
     a, p, n, cond = random_batch(b=6, seed=4)
     rng = np.random.default_rng(5)
@@ -257,12 +264,42 @@ def test_in_batch_objective_averages_present_conditions_and_weights_track(mode):
     assert no_pairs["triplet_loss"] == pytest.approx(ev["triplet_loss"], rel=1e-6)
 
 
-def test_in_batch_gradient_is_finite_for_identical_crops():
+@pytest.mark.parametrize("mode", ["in_batch_all", "in_batch_contrastive"])
+def test_in_batch_gradient_is_finite_for_identical_crops(mode):
     emb = tf.Variable(np.ones((6, D), np.float32))
     pos = np.ones((3, 6, 6), bool)
     neg = np.ones((3, 6, 6), bool)
-    layer = MaskedTripletLoss(NAMES, mining="in_batch_all")
+    layer = MaskedTripletLoss(NAMES, mining=mode)
     with tf.GradientTape() as tape:
         loss, _ = layer.in_batch_loss(emb, tf.constant(MASKS), tf.constant(pos), tf.constant(neg))
         total = tf.reduce_sum(loss)
     assert np.isfinite(tape.gradient(total, emb).numpy()).all()
+
+
+def test_contrastive_mode_is_stable_at_a_small_temperature_and_pulls_positives_in():
+    """Far-apart crops at temperature 0.001 give logits of -1e3 and more: the shifted log-sum-exp keeps
+    the loss and its gradient finite, and one gradient step brings an anchor's positive closer."""
+    rng = np.random.default_rng(7)
+    emb = tf.Variable(rng.normal(scale=3.0, size=(8, D)).astype(np.float32))
+    pos = np.zeros((3, 8, 8), bool)
+    neg = np.zeros((3, 8, 8), bool)
+    pos[:, 0, 1] = True
+    neg[:, 0, 2:] = True
+    layer = MaskedTripletLoss(NAMES, mining="in_batch_contrastive", temperature=0.001)
+    with tf.GradientTape() as tape:
+        loss, present = layer.in_batch_loss(emb, tf.constant(MASKS), tf.constant(pos), tf.constant(neg))
+        total = tf.reduce_sum(loss)
+    grad = tape.gradient(total, emb).numpy()
+    assert np.isfinite(loss.numpy()).all() and np.isfinite(grad).all() and present.numpy().tolist() == [1.0] * 3
+    before = np.linalg.norm(emb.numpy()[0] - emb.numpy()[1])
+    moved = emb.numpy() - 1e-3 * grad / np.abs(grad).max()  # a small step along the gradient
+    assert np.linalg.norm(moved[0] - moved[1]) < before
+
+
+def test_temperature_is_validated_and_serialised():
+    with pytest.raises(ConfigError, match="temperature"):
+        MaskedTripletLoss(NAMES, mining="in_batch_contrastive", temperature=0.0)
+    layer = MaskedTripletLoss(NAMES, mining="in_batch_contrastive", temperature=0.2)
+    assert MaskedTripletLoss.from_config(layer.get_config()).temperature == 0.2
+    assert build_triplet_loss(Config().replace(**{"data.mining": "in_batch_contrastive",
+                                                  "loss.temperature": 0.3})).temperature == 0.3
