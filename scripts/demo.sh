@@ -11,8 +11,18 @@ export TF_CPP_MIN_LOG_LEVEL=2
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
+# wall time of each stage, listed at the end
+STAGE_NAME=""; STAGE_START=$SECONDS; TIMES=""
+stage() {
+  if [ -n "$STAGE_NAME" ]; then
+    TIMES="$TIMES$(printf '  %-10s %4d s' "$STAGE_NAME" $((SECONDS - STAGE_START)))\n"
+  fi
+  STAGE_NAME=$1; STAGE_START=$SECONDS
+}
+stage synth
 echo "== 1/7 synthesise $TRACKS tracks"
 "$DML" synth "$OUT/collection" --tracks "$TRACKS" --seed 0
+stage prepare
 echo "== 2/7 prepare (validate, tempo with madmom where missing, label summary)"
 # The synthesiser writes exact BPM; drop it for a third of the tracks so madmom estimates those.
 "$BIN/python" - "$OUT/collection/manifest.csv" <<'PY'
@@ -27,21 +37,28 @@ with open(path, "w", newline="") as f:
     w.writeheader(); w.writerows(rows)
 PY
 "$DML" prepare "$OUT/collection/manifest.csv" --out "$OUT/prepared"
+stage train
 echo "== 3/7 train the default network on a shorter budget (the default is 12 x 250 steps, ~50 min on 2 cores)"
 "$DML" train "$OUT/prepared" --out "$OUT/run" \
   --set data.eval_triplets_per_condition=100 --set train.warmup_steps=50 \
   --epochs "${DEMO_EPOCHS:-3}" --steps-per-epoch "${DEMO_STEPS:-100}"
+stage evaluate
 echo "== 4/7 evaluate on the test split, against the MFCC-VQ, MFCC and untrained baselines"
 "$DML" evaluate "$OUT/run" --prepared "$OUT/prepared"
+stage export
 echo "== 5/7 export: SavedModel + TFLite (float32, fp16, int8) with the mel frontend inside, parity checked"
 "$DML" export "$OUT/run" --out "$OUT/export" --calibration-segments 50 --parity-segments 50 --max-triplets 50
+stage embed
 echo "== 6/7 embed the collection with the export"
 "$DML" embed "$OUT/export" "$OUT/prepared/manifest.csv" --out "$OUT/catalogue"
 QUERY=$(awk -F, 'NR==2 {print $2}' "$OUT/prepared/manifest.csv")
+stage similar
 echo "== 7/7 nearest tracks to $QUERY, by mood and by instrument"
 "$DML" similar "$OUT/catalogue" "$QUERY" --condition mood --k 5
 "$DML" similar "$OUT/catalogue" "$QUERY" --condition instrument --k 5
+stage ""
 echo
+printf "Wall time by stage:\n$TIMES  %-10s %4d s\n" total $SECONDS
 echo "Done. TensorBoard: $BIN/tensorboard --logdir $OUT/run/tensorboard"
 echo "  (scalars: runs train and validation; the embedding projector: PROJECTOR tab, run projector)"
 echo "Plots: $OUT/run/training_curves.png $OUT/run/eval_test/accuracy.png $OUT/run/eval_test/disentanglement.png $OUT/run/eval_test/class_pairs.png"
