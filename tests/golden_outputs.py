@@ -91,40 +91,49 @@ EXPORT_KWARGS: Dict[str, Any] = {"calibration_segments": 32, "parity_segments": 
 # variant gives now and what it gave when the golden files were made. Embeddings have unit norm and
 # each of the 4 slices norm 1/2, so a typical value is about 0.06.
 #
-# scripts/make_golden.py measures, per variant (golden.json, "measured"; figures below are from the
-# committed files):
-#   * round-off: the inputs moved by one float32 step ("ulp_jitter"), TensorFlow with oneDNN off
-#     ("onednn_off": other kernels, other summation orders), LiteRT on one thread, and a fresh
-#     export of the same run ("re_export": bit-identical so far);
-#   * "perturb_1e-6": the inputs times (1 + 1e-6 * N(0, 1)), five draws: round-off of the size a
-#     different FFT or CPU could bring into the frontend. Float variants move in proportion; the
-#     int8 variants jump by whole quantisation steps where an activation crosses a rounding edge.
-# and refuses a tolerance under 10 times the round-off or under 2 times the perturb_1e-6 figure.
-# What must fail is far larger: log_multiplier 10 -> 10.01 (one part in a thousand of the log
-# compression) moves the Keras embeddings by 1.0e-4, which test_golden.py requires to be at least
-# SENSITIVITY_MARGIN times the Keras tolerance.
+# scripts/make_golden.py measures, per variant (golden.json, "measured"; the figures below are those
+# of the committed files):
+#   * same-kernel round-off: the inputs moved by one float32 step ("ulp_jitter"), TensorFlow with
+#     oneDNN off ("onednn_off"), LiteRT on one thread, a fresh export of the same run ("re_export",
+#     bit-identical so far);
+#   * "perturb_1e-6": the inputs times (1 + 1e-6 * N(0, 1)), five draws: round-off of the size another
+#     FFT or CPU could bring into the frontend. Float variants move in proportion; the int8 variants
+#     jump by whole quantisation steps where an activation crosses a rounding edge;
+#   * "litert_builtin_kernels": the .tflite files run on TFLite's own kernels instead of XNNPACK's,
+#     another kernel library. Silence and the sine sweep are the ill-conditioned inputs: their mood
+#     slice (the harmony branch's, from a flat or single-partial pitch-class profile) moves 30 times
+#     more than the music's under a change of kernels.
+# and refuses a tolerance not above 10 times the same-kernel round-off, 2 times perturb_1e-6 and the
+# builtin-kernel figure. What must fail is far larger: log_multiplier 10 -> 10.01 (one part in a
+# thousand of the log compression) moves the Keras embeddings by 1.0e-4, which test_golden.py requires
+# to be at least SENSITIVITY_MARGIN times the Keras tolerance.
 TOLERANCES: Dict[str, float] = {
-    # float32 end to end in TensorFlow: round-off 2.2e-7, perturb_1e-6 about 2e-6. Ten times below
-    # the 1e-3 log-compression change.
+    # float32 end to end in TensorFlow: round-off 2.2e-7 (oneDNN off 6e-8), perturb_1e-6 1.9e-6. Ten
+    # times below the 1e-3 log-compression change.
     "keras": 1e-5,
     # the same graph, traced into the SavedModel and run by TensorFlow: the same figures.
     "saved_model": 1e-5,
-    # LiteRT float32 (XNNPACK, batch norm folded into the convolutions): 6e-6 from Keras, but against
-    # its own recorded output only round-off moves it (1.8e-7; perturb_1e-6 1.8e-6).
-    "float32": 1e-5,
-    # float16 weights are dequantised to float32 when LiteRT loads the file, so from there on it is
-    # float32 arithmetic with the float32 variant's round-off (2.9e-7; perturb_1e-6 1.9e-6): no looser
-    # tolerance is needed. (Its distance from Keras, 1e-2, is the weights' rounding, fixed in the file.)
-    "float16": 1e-5,
-    # dynamic-range int8: activations are quantised on the fly, so round-off upstream can move one by
-    # a whole int8 step: no jump at one float32 step, jumps up to 3.7e-4 at perturb_1e-6. 1e-3 holds a
-    # couple of those and is 40 times below the variant's distance from Keras (0.041), so a change in
-    # how it quantises, or a file that no longer quantises, fails.
+    # LiteRT float32 (XNNPACK; batch norm folded into the convolutions, 6e-6 from Keras): against its own
+    # recorded output, round-off 1.8e-7 and perturb_1e-6 1.9e-6, but 5.5e-6 on TFLite's builtin kernels
+    # (silence). Twice the TensorFlow variants' tolerance, so that another kernel library passes with a
+    # margin of 3.6; a runtime that computed in half precision would be off by 1e-3 and fail.
+    "float32": 2e-5,
+    # float16 weights are dequantised to float32 when LiteRT loads the file, so from there on it is the
+    # float32 variant's arithmetic and figures (2.9e-7, 1.8e-6, builtin kernels 4.7e-6): the same
+    # tolerance, not a looser one. (Its distance from Keras, 1e-2, is the weights' rounding, fixed in
+    # the file.)
+    "float16": 2e-5,
+    # dynamic-range int8: activations are quantised on the fly, so round-off upstream can move one by a
+    # whole int8 step: none at one float32 step or on the builtin kernels (1.2e-7), jumps up to 2.3e-4
+    # at perturb_1e-6 (3.7e-4 in ten draws). 1e-3 holds a couple of those and is 40 times below the
+    # variant's distance from Keras (0.041), so a change in how it quantises, or a file that no longer
+    # quantises, fails.
     "int8": 1e-3,
     # full integer: calibrated scales; no jump at one float32 step, but one step of a calibrated
-    # activation moves the embedding by up to 3.9e-3 at perturb_1e-6 (7.8e-3 with several at 1e-4).
-    # 1e-2 is the coarsest check here, still 3.4 times below the variant's distance from Keras
-    # (0.034); fine drift of the shared frontend is left to the float variants.
+    # activation moves the embedding by up to 3.5e-3 at perturb_1e-6, and TFLite's builtin int8 kernels
+    # (other requantisation rounding) give 7.8e-3. 1e-2 is the coarsest check here, 3.4 times below the
+    # variant's distance from Keras (0.034): it catches a different quantisation, not fine drift, which
+    # the float variants are there for.
     "int8_full": 1e-2,
 }
 #: A one-part-in-a-thousand change of the log compression must move the Keras embeddings by at least
