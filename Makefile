@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= demo_out
 DEMO_TRACKS ?= 120
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast golden install clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: install
 # the inner loop: every test but those marked slow (processes, kill-and-resume, model conversions)
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# regenerate tests/data/golden (scripts/make_golden.py): only when the embeddings are meant to change
+golden: install
+	$(BIN)/python scripts/make_golden.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info
