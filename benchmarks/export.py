@@ -106,8 +106,9 @@ def _frontend_fn(fe, banks):
 
 def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
     """Single-thread LiteRT latency of the frontend alone, as float32 TFLite: as exported (trimmed
-    filterbanks), with full filterbanks, and without the pitch bands (the mel STFT alone), so the
-    pitch-band STFT's share is the difference of the first and the last. Rows ``{"variant", "file",
+    filterbanks), with full filterbanks, without the pitch bands (the mel STFT alone: the pitch-band
+    STFT's share is the difference), and, for a full-rate config, with ``frontend.pitch_decimation``
+    4 (its largest difference from the exported frontend is ``max_abs_diff_vs_frontend``). Rows ``{"variant", "file",
     "size_bytes", "latency_ms_*"}``, the first with ``max_abs_diff_vs_full``; ``fe`` is a FrontendConfig."""
     import dataclasses
 
@@ -119,9 +120,12 @@ def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
     seg = fe.segment_samples
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, seg)).astype(np.float32)
     mel_only = dataclasses.replace(fe, pitch_bands_per_octave=0)
-    variants = (("frontend", fe, filterbanks(fe)),
+    variants = [("frontend", fe, filterbanks(fe)),
                 ("frontend_full_fb", fe, Filterbanks(mel_filterbank(fe), pitch_filterbank(fe))),
-                ("frontend_mel_only", mel_only, filterbanks(mel_only)))
+                ("frontend_mel_only", mel_only, filterbanks(mel_only))]
+    if fe.pitch_bands_per_octave and fe.pitch_decimation == 1:
+        decimated = dataclasses.replace(fe, pitch_decimation=4)  # frontend.pitch_decimation's candidate value
+        variants.append(("frontend_pitch_decimated", decimated, filterbanks(decimated)))
     rows, outputs = [], {}
     for name, cfg, banks in variants:
         module = tf.Module()
@@ -137,6 +141,9 @@ def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
         rows.append({"variant": name, "file": f"{name}.tflite (benchmark only)", "size_bytes": os.path.getsize(path),
                      **_time(lambda: runner(audio=x), warmup, repeats)})
     rows[0]["max_abs_diff_vs_full"] = float(np.max(np.abs(outputs["frontend"] - outputs["frontend_full_fb"])))
+    for r in rows:
+        if r["variant"] == "frontend_pitch_decimated":
+            r["max_abs_diff_vs_frontend"] = float(np.max(np.abs(outputs["frontend"] - outputs[r["variant"]])))
     return rows
 
 

@@ -67,6 +67,12 @@ class FrontendConfig:
     pitch_n_fft: int = 4096  # samples (186 ms at 22,050 Hz: 5.4 Hz bins)
     pitch_fmin: float = 65.0  # Hz (about C2)
     pitch_fmax: float = 2100.0  # Hz (about C7)
+    # Pitch-band STFT on a decimated signal: low-pass (a Kaiser FIR, at least 60 dB down where
+    # an alias would land below pitch_fmax), keep every pitch_decimation-th sample, then a
+    # pitch_n_fft / pitch_decimation-point STFT: the same window span and the same 5.4 Hz bins,
+    # a quarter of the FFT at 4. The 4096-point STFT is most of the exported frontend's time
+    # (benchmarks/RESULTS.md, "Export"). 1 = the full-rate STFT, which every trained model so far used.
+    pitch_decimation: int = 1
 
     def __post_init__(self) -> None:
         _check(self.sample_rate >= 8000, "frontend.sample_rate", self.sample_rate, "an integer >= 8000 Hz")
@@ -90,6 +96,15 @@ class FrontendConfig:
                    "frontend.pitch_n_fft", self.pitch_n_fft, f"a power of two >= n_fft ({self.n_fft})")
             _check(0 < self.pitch_fmin < self.pitch_fmax <= self.sample_rate / 2, "frontend.pitch_fmin/pitch_fmax",
                    (self.pitch_fmin, self.pitch_fmax), "0 < pitch_fmin < pitch_fmax <= sample_rate/2 Hz")
+            d = self.pitch_decimation
+            _check(isinstance(d, int) and d >= 1, "frontend.pitch_decimation", d, "an integer >= 1 (1 = no decimation)")
+            if d > 1:
+                _check(self.pitch_n_fft % d == 0 and self.hop_length % d == 0 and (self.pitch_n_fft // d) >= 64,
+                       "frontend.pitch_decimation", d,
+                       "a divisor of frontend.pitch_n_fft and frontend.hop_length leaving >= 64 FFT points")
+                _check(self.pitch_fmax < self.sample_rate / (2 * d), "frontend.pitch_decimation", d,
+                       f"small enough that pitch_fmax ({self.pitch_fmax:g} Hz) stays below the decimated Nyquist "
+                       f"frequency sample_rate / (2 * pitch_decimation)")
 
     @property
     def segment_samples(self) -> int:
@@ -503,10 +518,24 @@ class Config:
         return cls.from_dict(d)
 
     def hash(self) -> str:
-        """Short SHA-1 of the configuration (without the package version)."""
+        """Short SHA-1 of the configuration (without the package version).
+
+        Fields in :data:`HASH_NEUTRAL_DEFAULTS` are left out while they hold their neutral
+        value, so a config keeps its hash when a later version adds a field whose default
+        does what the earlier version did.
+        """
         d = self.to_dict()
         d.pop("version")
+        for (section, key), neutral in HASH_NEUTRAL_DEFAULTS.items():
+            if d.get(section, {}).get(key, object()) == neutral:
+                del d[section][key]
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+#: ``{(section, field): value}``: fields added since 0.7 whose value here is what every earlier
+#: version did. :meth:`Config.hash` skips them at that value, so the hash that exports, catalogues
+#: and tuning trials record for a config stays the same when a newer version reads it.
+HASH_NEUTRAL_DEFAULTS = {("frontend", "pitch_decimation"): 1, ("loss", "temperature"): 0.05}
 
 
 #: The package version whose frontend added pitch bands by default. A config saved by an

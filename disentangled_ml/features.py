@@ -37,7 +37,7 @@ from disentangled_ml.config import ConfigError, FrontendConfig
 from disentangled_ml.pitch_bands import log_filterbank
 
 __all__ = ["mel_filterbank", "pitch_filterbank", "Filterbanks", "filterbanks",
-           "filterbank_weight_shapes", "log_mel", "log_mel_librosa", "LogMelSpectrogram", "frontend_kwargs"]
+           "filterbank_weight_shapes", "decimation_filter", "log_mel", "log_mel_librosa", "LogMelSpectrogram", "frontend_kwargs"]
 
 _LN10 = math.log(10.0)
 
@@ -93,6 +93,31 @@ def pitch_filterbank(cfg: FrontendConfig) -> Optional[np.ndarray]:
 
 
 
+def decimation_filter(cfg: FrontendConfig) -> Optional[np.ndarray]:
+    """The anti-alias low-pass FIR of the pitch bands' decimation, or None at ``pitch_decimation`` 1.
+
+    A Kaiser-window design (``scipy.signal.kaiserord`` / ``firwin``: the textbook
+    method, not reimplemented here) with its passband up to ``pitch_fmax`` and at least
+    60 dB of attenuation from ``sample_rate / D - pitch_fmax``: what lies above that edge
+    would alias below ``pitch_fmax``; what lies between folds back above it, where no
+    pitch band looks. Odd length, symmetric (zero phase once centred).
+
+    Returns:
+        float32 ``[taps]``, unit DC gain.
+    """
+    d = cfg.pitch_decimation
+    if d <= 1 or not cfg.pitch_bands_per_octave:
+        return None
+    from scipy import signal  # lazy: construction only, like librosa above
+
+    nyquist = cfg.sample_rate / 2.0
+    stop = cfg.sample_rate / d - cfg.pitch_fmax
+    taps, beta = signal.kaiserord(60.0, (stop - cfg.pitch_fmax) / nyquist)
+    taps += 1 - taps % 2  # odd: a whole-sample delay, so centring it leaves no phase shift
+    h = signal.firwin(taps, (cfg.pitch_fmax + stop) / 2.0, window=("kaiser", beta), fs=cfg.sample_rate)
+    return (h / h.sum()).astype(np.float32)
+
+
 class Filterbanks(NamedTuple):
     """The frontend's constant matrices, each trimmed to the FFT bins it weights.
 
@@ -109,6 +134,7 @@ class Filterbanks(NamedTuple):
     pitch: Any = None
     mel_bins: Tuple[int, int] = (0, 0)
     pitch_bins: Tuple[int, int] = (0, 0)
+    decimation: Any = None  # :func:`decimation_filter` (``pitch_decimation`` > 1), else None
 
 
 def _support(matrix: np.ndarray) -> Tuple[int, int]:
@@ -130,9 +156,13 @@ def filterbanks(cfg: FrontendConfig, as_tensors: bool = False) -> Filterbanks:
     mel = mel[mel_bins[0]:mel_bins[1]]
     if pitch is not None:
         pitch = pitch[pitch_bins[0]:pitch_bins[1]]
+        if pitch_bins[1] > cfg.pitch_n_fft // cfg.pitch_decimation // 2 + 1:  # config validation should catch it
+            raise ConfigError(f"frontend.pitch_decimation={cfg.pitch_decimation}: the pitch bands reach FFT bin "
+                              f"{pitch_bins[1] - 1}, beyond the decimated STFT's last bin.")
+    decimation = decimation_filter(cfg)
     if as_tensors:
-        mel, pitch = (None if b is None else tf.constant(b) for b in (mel, pitch))
-    return Filterbanks(mel, pitch, mel_bins, pitch_bins)
+        mel, pitch, decimation = (None if b is None else tf.constant(b) for b in (mel, pitch, decimation))
+    return Filterbanks(mel, pitch, mel_bins, pitch_bins, decimation)
 
 
 def filterbank_weight_shapes(cfg: FrontendConfig) -> list:
@@ -159,6 +189,18 @@ def _power_spectrogram(x: tf.Tensor, n_fft: int, hop_length: int, power: float,
         re, im = re[..., bins[0]:bins[1]], im[..., bins[0]:bins[1]]
     power_spec = re * re + im * im
     return tf.sqrt(power_spec) if power == 1.0 else power_spec
+
+
+def _decimate(x: tf.Tensor, fir: tf.Tensor, factor: int) -> tf.Tensor:
+    """``x [..., samples]`` low-passed by the centred ``fir [taps]`` and kept at every ``factor``-th
+    sample, the first output at sample 0: ``[..., 1 + (samples - 1) // factor]``. One strided
+    convolution (a TFLite CONV_2D builtin)."""
+    k = (int(fir.shape[0]) - 1) // 2
+    lead = tf.shape(x)[:-1]
+    flat = tf.reshape(x, [-1, tf.shape(x)[-1], 1])
+    flat = tf.pad(flat, [[0, 0], [k, k], [0, 0]])
+    y = tf.nn.conv1d(flat, tf.reverse(fir, [0])[:, None, None], stride=factor, padding="VALID")
+    return tf.reshape(y, tf.concat([lead, tf.shape(y)[1:2]], axis=0))
 
 
 def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = None) -> tf.Tensor:
@@ -207,8 +249,14 @@ def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = N
                              "build them with filterbanks(cfg).")
         half = (cfg.pitch_n_fft - cfg.n_fft) // 2
         padded = tf.pad(x, [[0, 0]] * (x.shape.rank - 1) + [[half, half]])
-        pitch = tf.matmul(_power_spectrogram(padded, cfg.pitch_n_fft, cfg.hop_length, cfg.power, banks.pitch_bins),
-                          as_tensor(banks.pitch))
+        d = cfg.pitch_decimation
+        if d > 1:
+            padded = _decimate(padded, as_tensor(banks.decimation), d)
+        pitch = tf.matmul(_power_spectrogram(padded, cfg.pitch_n_fft // d, cfg.hop_length // d, cfg.power,
+                                             banks.pitch_bins), as_tensor(banks.pitch))
+        if d > 1:
+            # the decimated signal's DFT is 1/d of the full-rate one's in the kept band
+            pitch = pitch * float(d ** cfg.power)
         s = tf.concat([s, pitch], axis=-1)
     # log10 via natural log: TFLite has LOG but no LOG10; log(1+x) rather than log1p,
     # which is not a builtin. Absolute error is ~1e-7, far below the parity tolerance.
@@ -271,7 +319,7 @@ class LogMelSpectrogram(keras.layers.Layer):
     Args:
         sample_rate, segment_seconds, n_fft, hop_length, n_mels, fmin, fmax, power,
             log_multiplier, norm_mean, norm_std, pitch_bands_per_octave, pitch_n_fft,
-            pitch_fmin, pitch_fmax: see ``FrontendConfig``; validated
+            pitch_fmin, pitch_fmax, pitch_decimation: see ``FrontendConfig``; validated
             there, so a bad value raises :class:`~disentangled_ml.config.ConfigError`.
         add_channel_axis: append a trailing axis of size 1 (for ``Conv2D``).
         **kwargs: ``keras.layers.Layer`` arguments (``name``, ...).
@@ -288,7 +336,8 @@ class LogMelSpectrogram(keras.layers.Layer):
                  hop_length: int = 512, n_mels: int = 128, fmin: float = 0.0, fmax: Optional[float] = None,
                  power: float = 2.0, log_multiplier: float = 10.0, norm_mean: float = 0.0, norm_std: float = 1.0,
                  pitch_bands_per_octave: int = 0, pitch_n_fft: int = 4096, pitch_fmin: float = 65.0,
-                 pitch_fmax: float = 2100.0, add_channel_axis: bool = False, **kwargs: Any) -> None:
+                 pitch_fmax: float = 2100.0, pitch_decimation: int = 1, add_channel_axis: bool = False,
+                 **kwargs: Any) -> None:
         kwargs.pop("dtype", None)  # always float32; see the class docstring
         super().__init__(dtype="float32", **kwargs)
         self.frontend = FrontendConfig(
@@ -297,7 +346,7 @@ class LogMelSpectrogram(keras.layers.Layer):
             fmax=None if fmax is None else float(fmax), power=float(power),
             log_multiplier=float(log_multiplier), norm_mean=float(norm_mean), norm_std=float(norm_std),
             pitch_bands_per_octave=int(pitch_bands_per_octave), pitch_n_fft=int(pitch_n_fft),
-            pitch_fmin=float(pitch_fmin), pitch_fmax=float(pitch_fmax))
+            pitch_fmin=float(pitch_fmin), pitch_fmax=float(pitch_fmax), pitch_decimation=int(pitch_decimation))
         self.add_channel_axis = bool(add_channel_axis)
         self._banks = filterbanks(self.frontend)
         self.supports_masking = False

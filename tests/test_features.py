@@ -283,3 +283,53 @@ def test_filterbanks_are_trimmed_to_their_bins_without_changing_the_bands():
     # the bands equal those of the untrimmed matrices (librosa's STFT, the full filterbanks)
     wave = synthetic_music(2.0, CFG.sample_rate)
     np.testing.assert_allclose(log_mel(wave, CFG).numpy(), log_mel_librosa(wave, CFG), atol=2e-4)
+
+
+# ----------------------------------------------------------------------------- decimated pitch STFT
+
+def test_decimated_pitch_bands_match_the_full_rate_ones():
+    """frontend.pitch_decimation=4: low-pass, every 4th sample, a 1024-point STFT. The mel bands are
+    untouched and the pitch bands stay within a few thousandths of the full-rate 4096-point ones (the
+    anti-alias filter's ripple; the bands' std is about 1): a model trained on either hears the same."""
+    full = Config().frontend
+    dec = dataclasses.replace(full, pitch_decimation=4)
+    x = np.stack([synthetic_music(3.0, full.sample_rate), white_noise(3.0, full.sample_rate)])
+    a, b = log_mel(x, full).numpy(), log_mel(x, dec).numpy()
+    assert a.shape == b.shape == (2, full.num_frames, full.n_bands)
+    np.testing.assert_array_equal(a[..., :full.n_mels], b[..., :full.n_mels])
+    pitch = np.abs(a[..., full.n_mels:] - b[..., full.n_mels:])
+    assert pitch.max() < 0.01 and pitch.mean() < 1e-3, (pitch.max(), pitch.mean())
+    # The low-pass is what keeps it so: a loud 4 kHz tone, which every-4th-sample decimation alone
+    # would fold onto 5512.5 - 4000 = 1512.5 Hz, right in the pitch bands, stays out of them.
+    t = np.arange(3 * full.sample_rate) / full.sample_rate
+    tone = (0.5 * np.sin(2 * np.pi * 4000.0 * t)).astype(np.float32)[None]
+    a, b = log_mel(tone, full).numpy(), log_mel(tone, dec).numpy()
+    assert np.abs(a[..., full.n_mels:] - b[..., full.n_mels:]).max() < 0.05
+    naive = filterbanks(dec)._replace(decimation=np.ones(1, np.float32))  # no low-pass: the alias shows
+    c = log_mel(tone, dec, naive).numpy()
+    assert np.abs(a[..., full.n_mels:] - c[..., full.n_mels:]).max() > 0.5
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    ({"pitch_decimation": 0}, "integer >= 1"),
+    ({"pitch_decimation": 3}, "divisor"),  # 4096 % 3
+    ({"pitch_decimation": 8}, "Nyquist"),  # 22050 / 16 = 1378 Hz < pitch_fmax 2100 Hz
+])
+def test_bad_decimation_is_refused(kwargs, why):
+    with pytest.raises(ConfigError, match=why):
+        dataclasses.replace(Config().frontend, **kwargs)
+
+
+def test_decimated_frontend_reloads_and_converts_to_tflite_builtins(tmp_path):
+    cfg = dataclasses.replace(CFG, pitch_decimation=2)
+    inp = keras.Input((cfg.segment_samples,))
+    frontend = keras.Model(inp, LogMelSpectrogram.from_frontend(cfg)(inp))
+    path = os.path.join(tmp_path, "dec.keras")
+    frontend.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.layers[1].frontend.pitch_decimation == 2
+    x = np.stack([synthetic_music(3.0, cfg.sample_rate), white_noise(3.0, cfg.sample_rate)])
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), frontend.predict(x, verbose=0))
+    out, ops = _run_tflite(_tflite(frontend, tmp_path, "dec"), x)
+    np.testing.assert_allclose(out, frontend.predict(x, verbose=0), atol=1e-4, rtol=0)
+    assert "CONV_2D" in ops and not any(op.startswith("FlexDelegate") or op == "CUSTOM" for op in ops)
