@@ -115,13 +115,17 @@ def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
     import tensorflow as tf
 
     from disentangled_ml.export.tflite import open_interpreter
-    from disentangled_ml.features import Filterbanks, filterbanks, mel_filterbank, pitch_filterbank
+    from disentangled_ml.features import (Filterbanks, decimation_filter, filterbanks, mel_filterbank,
+                                          pitch_filterbank)
 
     seg = fe.segment_samples
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, seg)).astype(np.float32)
     mel_only = dataclasses.replace(fe, pitch_bands_per_octave=0)
+    full_pitch = pitch_filterbank(fe)
+    if full_pitch is not None:  # every bin of the (possibly decimated) pitch STFT
+        full_pitch = full_pitch[:fe.pitch_n_fft // fe.pitch_decimation // 2 + 1]
     variants = [("frontend", fe, filterbanks(fe)),
-                ("frontend_full_fb", fe, Filterbanks(mel_filterbank(fe), pitch_filterbank(fe))),
+                ("frontend_full_fb", fe, Filterbanks(mel_filterbank(fe), full_pitch, decimation=decimation_filter(fe))),
                 ("frontend_mel_only", mel_only, filterbanks(mel_only))]
     if fe.pitch_bands_per_octave and fe.pitch_decimation == 1:
         decimated = dataclasses.replace(fe, pitch_decimation=4)  # frontend.pitch_decimation's candidate value

@@ -251,6 +251,9 @@ def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = N
         padded = tf.pad(x, [[0, 0]] * (x.shape.rank - 1) + [[half, half]])
         d = cfg.pitch_decimation
         if d > 1:
+            if banks.decimation is None:
+                raise ValueError("log_mel: the config decimates the pitch STFT but the filterbanks passed have no "
+                                 "decimation filter; build them with filterbanks(cfg).")
             padded = _decimate(padded, as_tensor(banks.decimation), d)
         pitch = tf.matmul(_power_spectrogram(padded, cfg.pitch_n_fft // d, cfg.hop_length // d, cfg.power,
                                              banks.pitch_bins), as_tensor(banks.pitch))
