@@ -12,12 +12,27 @@ from collections_for_tests import tiny_config  # noqa: E402
 def test_frontend_latency_rows_compare_trimmed_and_full_filterbanks(tmp_path):
     fe = tiny_config().frontend
     rows = export_bench.frontend_latency(fe, str(tmp_path), warmup=1, repeats=2)
-    assert [r["variant"] for r in rows] == ["frontend", "frontend_full_fb"]
+    assert [r["variant"] for r in rows] == ["frontend", "frontend_full_fb", "frontend_mel_only",
+                                            "frontend_pitch_decimated"]
     for r in rows:
         assert r["latency_ms_median"] > 0 and r["size_bytes"] > 0
     # same bands from fewer weights: the trimmed matrices drop only all-zero rows
     assert rows[0]["max_abs_diff_vs_full"] < 1e-4
     assert rows[0]["size_bytes"] < rows[1]["size_bytes"]
+    assert rows[2]["size_bytes"] < rows[0]["size_bytes"]  # no pitch filterbank at all
+    # the decimated pitch STFT is measured against the exported frontend (on noise here: the worst case)
+    assert 0 < rows[3]["max_abs_diff_vs_frontend"] < 0.1
+
+
+def test_frontend_latency_of_a_decimated_config_keeps_its_own_bins(tmp_path):
+    """A config that already decimates gets no second decimated row, and its full-filterbank row uses
+    the decimated STFT's bins (a full-rate matrix would not fit them)."""
+    import dataclasses
+
+    fe = dataclasses.replace(tiny_config().frontend, pitch_decimation=2)
+    rows = export_bench.frontend_latency(fe, str(tmp_path), warmup=1, repeats=2)
+    assert [r["variant"] for r in rows] == ["frontend", "frontend_full_fb", "frontend_mel_only"]
+    assert rows[0]["max_abs_diff_vs_full"] < 1e-4
 
 
 def test_export_timing_reads_the_figures_the_export_writes():
