@@ -50,6 +50,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "scikit-learn>=1.3",  # k-means codebook of the MFCC-VQ baseline, nearest neighbours
+        "scipy>=1.10",  # Kaiser FIR of frontend.pitch_decimation (librosa and scikit-learn need it too)
     ],
     extras_require={
         "test": ["pytest>=7"],
