@@ -199,7 +199,8 @@ def _decimate(x: tf.Tensor, fir: tf.Tensor, factor: int) -> tf.Tensor:
     lead = tf.shape(x)[:-1]
     flat = tf.reshape(x, [-1, tf.shape(x)[-1], 1])
     flat = tf.pad(flat, [[0, 0], [k, k], [0, 0]])
-    y = tf.nn.conv1d(flat, tf.reverse(fir, [0])[:, None, None], stride=factor, padding="VALID")
+    # conv1d correlates; the filter is symmetric, so that is its convolution
+    y = tf.nn.conv1d(flat, fir[:, None, None], stride=factor, padding="VALID")
     return tf.reshape(y, tf.concat([lead, tf.shape(y)[1:2]], axis=0))
 
 
