@@ -33,15 +33,15 @@ either):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+
+from _common import fit_probe  # noqa: E402  (this folder: the scripts run from it)
 
 MOODS = ("happy", "tender", "tense", "sad")  # synth.MOODS: (major, bright), (major, dark), (minor, bright), (minor, dark)
 EXCERPT_SECONDS = 12.0
@@ -122,37 +122,23 @@ def train(features_npz: str, variants, steps: int, width: int, batch: int, out: 
         xh = np.stack([x[i, s:s + frames] for i in held_idx for s in starts])
         mh, ih = np.repeat(y_mood[held_idx], CROP_FRAMES_EVAL), np.repeat(y_inst[held_idx], CROP_FRAMES_EVAL)
         keras.utils.set_random_seed(seed)
+        # every band of the variant is fed as if it were a mel band, so the branches that read the
+        # pitch bands apart from the mel bands (harmony, since 0.5) have none to read: off
         backbone = build_backbone(cfg0.replace(**{"model.width": width, "frontend.n_mels": int(x.shape[-1]),
-                                                  "frontend.pitch_bands_per_octave": 0}))
+                                                  "frontend.pitch_bands_per_octave": 0,
+                                                  "model.chroma_templates": 0}))
         inp = keras.Input((frames, x.shape[-1]))
         h = backbone(inp)
         model = keras.Model(inp, [keras.layers.Dense(len(MOODS), name="mood")(h),
                                   keras.layers.Dense(len(instruments), name="instrument")(h)])
         model.compile(keras.optimizers.Adam(1e-3), [keras.losses.SparseCategoricalCrossentropy(from_logits=True)] * 2)
 
-        def batches():
-            while True:
-                i = rng.choice(train_idx, batch)
-                s = rng.integers(0, excerpt - frames + 1, batch)
-                yield np.stack([x[a, b:b + frames] for a, b in zip(i, s)]), (y_mood[i], y_inst[i])
-
-        t0 = time.time()
-
-        class Score(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                pm, pi = (p.argmax(1) for p in self.model.predict(xh, batch_size=256, verbose=0))
-                rec = {"variant": v, "seed": seed, "bands": int(x.shape[-1]), "width": width, "batch": batch,
-                       "step": (epoch + 1) * 250, "seconds": round(time.time() - t0, 1),
-                       "train_loss": round(float(logs["loss"]), 4),
-                       "mood": round(float((pm == mh).mean()), 3),
-                       "mode": round(float(((pm < 2) == (mh < 2)).mean()), 3),
-                       "brightness": round(float(((pm % 2) == (mh % 2)).mean()), 3),
-                       "instrument": round(float((pi == ih).mean()), 3)}
-                print(json.dumps(rec), flush=True)
-                with open(out, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-
-        model.fit(batches(), steps_per_epoch=250, epochs=max(1, steps // 250), verbose=0, callbacks=[Score()])
+        record = {"variant": v, "seed": seed, "bands": int(x.shape[-1]), "width": width, "batch": batch}
+        fit_probe(model, x, y_mood, y_inst, train_idx, (xh, mh, ih), frames, batch, steps, rng, out,
+                  lambda pm, pi: {**record, "mood": round(float((pm == mh).mean()), 3),
+                                  "mode": round(float(((pm < 2) == (mh < 2)).mean()), 3),
+                                  "brightness": round(float(((pm % 2) == (mh % 2)).mean()), 3),
+                                  "instrument": round(float((pi == ih).mean()), 3)})
 
 
 def main(argv=None) -> int:

@@ -23,11 +23,11 @@ import argparse
 import json
 import os
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from _common import fit_probe  # noqa: E402
 from mode_probe import CROP_FRAMES_EVAL, MOODS  # noqa: E402  (same features, same held-out crops)
 
 
@@ -83,27 +83,12 @@ def probe(features_npz: str, variants, steps: int, batch: int, out: str, seed: i
                                   keras.layers.Dense(len(instruments), name="instrument")(h[:, is_:ie])])
         model.compile(keras.optimizers.Adam(1e-3), [keras.losses.SparseCategoricalCrossentropy(from_logits=True)] * 2)
 
-        def batches():
-            while True:
-                i = rng.choice(train_idx, batch)
-                s = rng.integers(0, excerpt - frames + 1, batch)
-                yield np.stack([x[a, b:b + frames] for a, b in zip(i, s)]), (y_mood[i], y_inst[i])
-
-        t0 = time.time()
-
-        class Score(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                pm, pi = (p.argmax(1) for p in self.model.predict(xh, batch_size=128, verbose=0))
-                rec = {"variant": name, "overrides": overrides, "seed": seed, "batch": batch,
-                       "params": int(backbone.count_params()), "step": (epoch + 1) * 250,
-                       "seconds": round(time.time() - t0, 1), "train_loss": round(float(logs["loss"]), 4),
-                       "instrument": round(float((pi == ih).mean()), 3), "mood": round(float((pm == mh).mean()), 3),
-                       "mode": round(float(((pm < 2) == (mh < 2)).mean()), 3), "held_out_crops": int(len(ih))}
-                print(json.dumps(rec), flush=True)
-                with open(out, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-
-        model.fit(batches(), steps_per_epoch=250, epochs=max(1, steps // 250), verbose=0, callbacks=[Score()])
+        record = {"variant": name, "overrides": overrides, "seed": seed, "batch": batch,
+                  "params": int(backbone.count_params()), "held_out_crops": int(len(ih))}
+        fit_probe(model, x, y_mood, y_inst, train_idx, (xh, mh, ih), frames, batch, steps, rng, out,
+                  lambda pm, pi: {**record, "instrument": round(float((pi == ih).mean()), 3),
+                                  "mood": round(float((pm == mh).mean()), 3),
+                                  "mode": round(float(((pm < 2) == (mh < 2)).mean()), 3)})
 
 
 def main(argv=None) -> int:
