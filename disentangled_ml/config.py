@@ -149,10 +149,21 @@ class ConditionConfig:
     embedding_dim: int = 256
     tempo_positive_bpm: float = 5.0  # |BPM_a - BPM_p| <= this: similar in tempo (the paper's rule).
     tempo_negative_bpm: float = 10.0  # |BPM_a - BPM_n| > this: dissimilar; the gap between is never used.
+    # {tag condition: number of classes in the collection}: written by `dml train` from the
+    # prepared collection's labels (like frontend.norm_mean), read by the classification term
+    # of the loss (loss.class_weight) to size its class proxies. None: not known (no proxies).
+    class_counts: Optional[Dict[str, int]] = None
 
     def __post_init__(self) -> None:
         names = tuple(self.names)
         object.__setattr__(self, "names", names)
+        if self.class_counts is not None:
+            counts = dict(self.class_counts)
+            _check(set(counts) <= set(names), "conditions.class_counts", counts,
+                   f"keys among conditions.names {list(names)}")
+            _check(all(isinstance(k, int) and k >= 1 for k in counts.values()), "conditions.class_counts",
+                   counts, "positive integers (classes per tag condition)")
+            object.__setattr__(self, "class_counts", counts)
         _check(len(names) >= 1, "conditions.names", names, "at least one condition")
         _check(len(set(names)) == len(names), "conditions.names", names, "distinct names")
         _check(TRACK_CONDITION not in names, "conditions.names", names,
@@ -364,6 +375,15 @@ class LossConfig:
     # On per-slice-normalised slices (norm 1/2) that is cos / (2 * temperature) plus a constant,
     # so 0.05 is supervised contrastive learning's usual cosine temperature of 0.1.
     temperature: float = 0.05
+    # Weight of the classification term added to the triplet loss (0 turns it off): per tag
+    # condition, a normalised-softmax classifier over that condition's view, one learned proxy per
+    # class (Zhai & Wu 2019, "Classification is a strong baseline for deep metric learning"; softmax
+    # beside the triplet loss as in Luo et al. 2019, "Bag of tricks ... for person re-identification").
+    # The triplet loss sees B triplets a step; the classifier sees every one of the 3B crops against
+    # every class, which is what the instrument slice lacked (benchmarks/RESULTS.md).
+    class_weight: float = 0.0
+    # logits are cos(view, proxy) / class_temperature
+    class_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         _check(self.margin >= 0, "loss.margin", self.margin, ">= 0 (a negative margin rewards wrong orderings)")
@@ -372,6 +392,8 @@ class LossConfig:
         _check(self.embed_norm >= 0, "loss.embed_norm", self.embed_norm, ">= 0")
         _check(0 < self.hard_fraction <= 1, "loss.hard_fraction", self.hard_fraction, "in (0, 1]")
         _check(self.temperature > 0, "loss.temperature", self.temperature, "> 0")
+        _check(self.class_weight >= 0, "loss.class_weight", self.class_weight, ">= 0 (0 turns the term off)")
+        _check(self.class_temperature > 0, "loss.class_temperature", self.class_temperature, "> 0")
 
 
 #: Values of ``train.lr_schedule``.
@@ -479,6 +501,9 @@ class Config:
                 # saved before the timbre branch and per-slice normalisation existed
                 values.setdefault("timbre_filters", 0)
                 values.setdefault("slice_norm", False)
+            if name == "loss" and saved_before(d.get("version"), CLASS_LOSS_SINCE):
+                # saved before the classification term existed
+                values.setdefault("class_weight", 0.0)
             known = {f.name for f in dataclasses.fields(klass)}
             bad = set(values) - known
             if bad:
@@ -535,7 +560,9 @@ class Config:
 #: ``{(section, field): value}``: fields added since 0.7 whose value here is what every earlier
 #: version did. :meth:`Config.hash` skips them at that value, so the hash that exports, catalogues
 #: and tuning trials record for a config stays the same when a newer version reads it.
-HASH_NEUTRAL_DEFAULTS = {("frontend", "pitch_decimation"): 1, ("loss", "temperature"): 0.05}
+HASH_NEUTRAL_DEFAULTS = {("frontend", "pitch_decimation"): 1, ("loss", "temperature"): 0.05,
+                         ("loss", "class_weight"): 0.0, ("loss", "class_temperature"): 0.05,
+                         ("conditions", "class_counts"): None}
 
 
 #: The package version whose frontend added pitch bands by default. A config saved by an
@@ -556,6 +583,9 @@ HARMONY_SINCE = (0, 5)
 #: The version whose lean network added the timbre branch (``model.timbre_filters``) and whose
 #: embedding normalises each fixed slice on its own (``model.slice_norm``).
 TIMBRE_SINCE = (0, 6)
+#: The version whose loss added the classification term (``loss.class_weight``); an older config
+#: without the key trained on triplets alone.
+CLASS_LOSS_SINCE = (0, 8)
 _BEFORE_LEAN: Dict[str, Dict[str, Any]] = {
     "model": {"backbone": "inception", "onset_lags": 0},
     "train": {"lr_schedule": "plateau", "epochs": 100, "steps_per_epoch": 500},
@@ -572,6 +602,51 @@ def saved_before(version: Any, release: Tuple[int, int]) -> bool:
         return tuple(int(p) for p in version.split(".")[:2]) < release
     except ValueError:
         return False
+
+
+#: What a prepared collection's config.json owns whatever version wrote it: how its audio was
+#: read and labelled and how it is split. The rest (the network, the loss, the schedule) is the method.
+COLLECTION_SECTIONS = ("frontend", "conditions", "data")
+METHOD_SECTIONS = ("model", "loss", "train")
+
+
+def config_for_prepared(path: str) -> "Config":
+    """The config ``dml train`` / ``dml tune`` start from when given a prepared folder and no --config.
+
+    A config.json that the current minor version wrote is used as it is. One written by an
+    older version, whose network, loss and schedule are still that version's defaults (the
+    user named none of them), keeps its collection sections (:data:`COLLECTION_SECTIONS`) and
+    takes today's defaults for the method: a user who upgrades gets the new network, and
+    ``--config PREPARED/config.json`` still trains the old one. Where the user did name the
+    method (it differs from that version's defaults), or today's network does not fit the old
+    collection sections, the file is kept whole. Both cases are logged as warnings.
+    """
+    import logging
+
+    __version__ = _package_version()
+    log = logging.getLogger("disentangled_ml.cli.train")  # the name this warning has always had
+    cfg = Config.from_json(path)
+    with open(path) as f:
+        saved = json.load(f).get("version")
+    if not saved_before(saved, tuple(int(p) for p in __version__.split(".")[:2])):
+        return cfg
+    defaults_then = Config.from_dict({"version": saved})
+    if all(getattr(cfg, s) == getattr(defaults_then, s) for s in METHOD_SECTIONS):
+        try:
+            current = Config.from_dict({s: dataclasses.asdict(getattr(cfg, s)) for s in COLLECTION_SECTIONS})
+        except ConfigError as e:
+            log.warning("%s was written by disentangled_ml %s, and %s's default network does not fit its %s (%s): "
+                        "training %s's network; pass --config with a new config for today's.",
+                        path, saved, __version__, "/".join(COLLECTION_SECTIONS), e, saved)
+            return cfg
+        log.warning("%s was written by disentangled_ml %s: keeping its %s settings and training %s's default "
+                    "network, loss and schedule (pass --config %s to train %s's).",
+                    path, saved, "/".join(COLLECTION_SECTIONS), __version__, path, saved)
+        return current
+    log.warning("%s was written by disentangled_ml %s and names its own network, loss or schedule, so this run "
+                "keeps them and that version's defaults for what it does not name; for %s's defaults, pass "
+                "--config with a new config.", path, saved, __version__)
+    return cfg
 
 
 def _package_version() -> str:

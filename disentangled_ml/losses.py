@@ -58,6 +58,22 @@ distance matrix per batch -- the network's forward pass is unchanged:
 ``L_cond`` is then the mean over the conditions present in the batch and ``L_track``
 the track group's value. Metrics (per-condition loss and accuracy) still describe the
 sampled triplets, so they read the same in every mode.
+
+The classification term (``loss.class_weight``)
+-----------------------------------------------
+:class:`ConditionClassLoss` adds ``class_weight * L_class`` to the objective:
+for every tag condition ``s`` with ``K_s`` classes (``conditions.class_counts``) it
+holds ``K_s`` learned proxies in the embedding space and scores each crop of the
+batch whose label is known with a normalised softmax in the condition's view::
+
+    logit_k = cos(m_s * f(x), m_s * w_k) / class_temperature
+    L_s = cross-entropy(softmax(logit), t),   t = the crop's labels, each 1 / (number of its labels)
+
+``L_class`` is the mean over the conditions with at least one labelled crop. The
+proxies are trained with the network and are not part of the embedding or any export;
+a condition's proxies live in its view, so they never pull on another slice. Tempo is
+not a tag condition and gets no proxies (its 10-BPM sampling bins would make 109 and
+111 BPM two classes).
 """
 
 from __future__ import annotations
@@ -70,8 +86,8 @@ from keras import ops
 
 from disentangled_ml.config import MINING_MODES, Config, ConfigError, TRACK_CONDITION
 
-__all__ = ["IN_BATCH_MODES", "MINING_MODES", "MaskedTripletLoss", "build_triplet_loss", "masked_distance",
-           "pairwise_masked_distance"]
+__all__ = ["IN_BATCH_MODES", "MINING_MODES", "MaskedTripletLoss", "ConditionClassLoss", "build_triplet_loss",
+           "build_class_loss", "masked_distance", "pairwise_masked_distance"]
 
 #: Modes that mine among all crops of a batch and need the pipeline's crop labels.
 IN_BATCH_MODES = ("in_batch_all", "in_batch_hard", "in_batch_contrastive")
@@ -324,6 +340,97 @@ class MaskedTripletLoss(keras.layers.Layer):
         if num is not None and num != len(config["names"]):
             raise ConfigError(f"MaskedTripletLoss config has num_conditions={num} but {len(config['names'])} names.")
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="disentangled_ml")
+class ConditionClassLoss(keras.layers.Layer):
+    """Normalised-softmax classification of each tag condition's view against learned class proxies.
+
+    Args:
+        names: condition names (``cfg.conditions.names``), in mask-row order.
+        class_counts: ``{condition: K}`` for the conditions to classify (tag conditions);
+            a condition missing here gets no term.
+        embedding_dim: ``D``.
+        temperature: logits are cosines divided by this.
+        seed: seeds the proxies' initialisation.
+        **kwargs: ``keras.layers.Layer`` arguments.
+
+    Call arguments:
+        embeddings: float32 ``[N, D]`` (all crops of a batch).
+        masks: float32 ``[C + 1, D]`` mask matrix (row ``s``: condition ``s``'s view).
+        classes: list over ``names`` of ``[N, K_s]`` class membership (bool or 0/1), or
+            ``None`` for a condition without proxies; a crop with no class is not scored.
+
+    Returns:
+        (loss, per_condition): float32 scalar ``L_class`` and ``[C]`` each condition's mean
+        cross-entropy (0 where it has no proxies or no labelled crop).
+    """
+
+    def __init__(self, names: Sequence[str], class_counts: Dict[str, int], embedding_dim: int,
+                 temperature: float = 0.05, seed: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.names = tuple(names)
+        unknown = set(class_counts) - set(self.names)
+        if unknown:
+            raise ConfigError(f"class_counts names condition(s) {sorted(unknown)} that are not among {self.names} "
+                              "(config value conditions.class_counts).")
+        if temperature <= 0:
+            raise ConfigError(f"temperature={temperature!r} must be > 0 (config value loss.class_temperature).")
+        self.class_counts = {n: int(class_counts[n]) for n in self.names if n in class_counts}
+        self.embedding_dim = int(embedding_dim)
+        self.temperature = float(temperature)
+        self.seed = seed
+        self.proxies = {}
+        for k, name in enumerate(self.names):
+            if name in self.class_counts:
+                init = keras.initializers.RandomNormal(stddev=1.0, seed=None if seed is None else int(seed) + k)
+                self.proxies[name] = self.add_weight(shape=(self.class_counts[name], self.embedding_dim),
+                                                     initializer=init, name=f"proxies_{name}")
+        self.built = True
+
+    def call(self, embeddings, masks, classes):
+        total, present, per_condition = 0.0, 0.0, []
+        for s, name in enumerate(self.names):
+            if name not in self.proxies or classes[s] is None:
+                per_condition.append(ops.zeros(()))
+                continue
+            m = ops.cast(masks[s], embeddings.dtype)
+            view = _unit(embeddings * m)
+            proxies = _unit(ops.cast(self.proxies[name], embeddings.dtype) * m)
+            logits = ops.matmul(view, ops.transpose(proxies)) / self.temperature  # [N, K]
+            target = ops.cast(classes[s], embeddings.dtype)
+            n_labels = ops.sum(target, axis=1)
+            known = ops.cast(n_labels > 0, embeddings.dtype)
+            target = target / ops.maximum(n_labels, 1.0)[:, None]
+            ce = -ops.sum(target * ops.log_softmax(logits, axis=1), axis=1) * known
+            n_known = ops.sum(known)
+            value = ops.sum(ce) / ops.maximum(n_known, 1.0)
+            has = ops.cast(n_known > 0, embeddings.dtype)
+            per_condition.append(value)
+            total = total + value * has
+            present = present + has
+        return total / ops.maximum(present, 1.0), ops.stack(per_condition)
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(names=list(self.names), class_counts=dict(self.class_counts), embedding_dim=self.embedding_dim,
+                      temperature=self.temperature, seed=self.seed)
+        return config
+
+
+def _unit(x, epsilon: float = 1e-12):
+    """Rows of ``x`` scaled to unit L2 norm (zero rows stay zero)."""
+    return x / ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + epsilon)
+
+
+def build_class_loss(cfg: Config, name: str = "class_loss"):
+    """The :class:`ConditionClassLoss` of ``cfg``, or None when the term is off
+    (``loss.class_weight`` 0) or no class counts are known (``conditions.class_counts``)."""
+    counts = cfg.conditions.class_counts or {}
+    if cfg.loss.class_weight == 0 or not counts:
+        return None
+    return ConditionClassLoss(cfg.conditions.names, counts, cfg.conditions.embedding_dim,
+                              temperature=cfg.loss.class_temperature, seed=cfg.data.seed, name=name)
 
 
 def build_triplet_loss(cfg: Config, name: str = "triplet_loss") -> MaskedTripletLoss:

@@ -23,7 +23,8 @@ import tensorflow as tf
 from disentangled_ml.config import Config
 from disentangled_ml.data.labels import TEMPO
 
-__all__ = ["ROLES", "similarity_masks", "track_min_shift", "missing_crop_labels", "batch_pair_masks"]
+__all__ = ["ROLES", "similarity_masks", "track_min_shift", "missing_crop_labels", "flatten_roles",
+           "batch_pair_masks"]
 
 #: Roles of the three crops of a triplet, in the order of the ``crop_*`` label columns.
 ROLES = ("anchor", "positive", "negative")
@@ -73,6 +74,16 @@ def missing_crop_labels(batch, config: Config) -> list:
     return [k for k in keys if k not in batch]
 
 
+def flatten_roles(v) -> tf.Tensor:
+    """A crop label ``[B, 3, ...]`` as ``[3B, ...]``, role-major (crop ``r * B + b`` is role
+    ``ROLES[r]`` of triplet ``b``): the order in which the model stacks anchors, positives,
+    negatives."""
+    v = tf.convert_to_tensor(v)
+    perm = [1, 0] + list(range(2, v.shape.rank))
+    t = tf.transpose(v, perm)
+    return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
+
+
 def batch_pair_masks(labels: Dict[str, tf.Tensor], config: Config):
     """Valid positive and negative pairs among all crops of a batch, for in-batch mining.
 
@@ -94,22 +105,16 @@ def batch_pair_masks(labels: Dict[str, tf.Tensor], config: Config):
     Returns:
         (pos, neg): bool ``[C + 1, N, N]``.
     """
-    def flat(v):  # [B, 3, ...] -> [3B, ...], role-major
-        v = tf.convert_to_tensor(v)
-        perm = [1, 0] + list(range(2, v.shape.rank))
-        t = tf.transpose(v, perm)
-        return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
-
     names = config.conditions.names
     missing = missing_crop_labels(labels, config)
     if missing:
         raise ValueError(f"in-batch mining needs the crop labels of the training pipeline; the batch lacks {missing}. "
                          "Train on `training_dataset` batches, or set data.mining to 'random'.")
-    track = flat(labels["crop_track"])
-    excerpt = flat(labels["crop_excerpt"])
-    frame = flat(labels["crop_frame"])
-    classes = [tf.cast(flat(labels[f"crop_classes_{n}"]), tf.bool) for n in names]
-    pos, neg = similarity_masks(names, classes, flat(labels["crop_tempo"]), track, config)
+    track = flatten_roles(labels["crop_track"])
+    excerpt = flatten_roles(labels["crop_excerpt"])
+    frame = flatten_roles(labels["crop_frame"])
+    classes = [tf.cast(flatten_roles(labels[f"crop_classes_{n}"]), tf.bool) for n in names]
+    pos, neg = similarity_masks(names, classes, flatten_roles(labels["crop_tempo"]), track, config)
     far = tf.abs(frame[:, None] - frame[None, :]) >= track_min_shift(config)
     track_pos = tf.logical_and(tf.equal(excerpt[:, None], excerpt[None, :]), far)
     track_neg = tf.not_equal(track[:, None], track[None, :])

@@ -196,3 +196,30 @@ def test_training_on_a_collection_prepared_by_an_older_version_says_which_defaul
     with caplog.at_level(logging.WARNING):
         cli_train.load_config(parser.parse_args([str(tmp_path), "--out", str(tmp_path / "run")]))
     assert "written by" not in caplog.text
+
+
+def test_a_collection_prepared_by_an_older_version_trains_todays_network_unless_told_otherwise(tmp_path, caplog):
+    """What `dml prepare` of 0.5 wrote (that version's defaults, a collection setting of the user's)
+    gives today's network with the collection's own settings; --config on the same file gives 0.5's."""
+    import argparse
+    import logging
+
+    from disentangled_ml.cli import train as cli_train
+
+    then = Config.from_dict({"version": "0.5.0"}).replace(**{"frontend.n_mels": 96, "data.split_seed": 3})
+    saved = then.to_dict()
+    saved["version"] = "0.5.0"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    assert Config.from_json(str(path)).model.timbre_filters == 0  # 0.5 had no timbre branch
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    with caplog.at_level(logging.WARNING):
+        cfg = cli_train.load_config(parser.parse_args([str(tmp_path), "--out", str(tmp_path / "run")]))
+    today = Config()
+    assert (cfg.model, cfg.loss, cfg.train) == (today.model, today.loss, today.train)
+    assert cfg.frontend.n_mels == 96 and cfg.data.split_seed == 3  # the collection's own settings
+    assert "written by disentangled_ml 0.5.0" in caplog.text and f"--config {path}" in caplog.text
+    explicit = cli_train.load_config(parser.parse_args([str(tmp_path), "--out", str(tmp_path / "run"),
+                                                       "--config", str(path)]))
+    assert explicit.model == then.model and explicit.model.timbre_filters == 0

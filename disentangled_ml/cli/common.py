@@ -44,38 +44,16 @@ def parse_overrides(items, args=None):
     return overrides
 
 
-def _warn_if_older(path: str) -> None:
-    """Say so when a prepared collection's config.json comes from an older minor version: it keeps
-    that version's network and schedule (Config.from_dict), which a user who upgraded may not expect."""
-    import json
-    import logging
-
-    from disentangled_ml import __version__
-    from disentangled_ml.config import saved_before
-
-    with open(path) as f:
-        saved = json.load(f).get("version")
-    older = saved_before(saved, tuple(int(p) for p in __version__.split(".")[:2]))
-    if older:
-        # under the name it has always had (moved here from cli/train.py; dml tune shares it)
-        logging.getLogger("disentangled_ml.cli.train").warning(
-            "%s was written by disentangled_ml %s, so this run keeps that version's defaults for what it does not "
-            "name (network, schedule); for %s's defaults, pass --config with a new config or delete that file.",
-            path, saved, __version__)
-
-
 def load_config(args):
     import os
 
-    from disentangled_ml.config import Config, ConfigError
+    from disentangled_ml.config import Config, ConfigError, config_for_prepared
 
     try:
         if args.config:
             cfg = Config.from_json(args.config)
         elif os.path.isfile(os.path.join(args.prepared_dir, "config.json")):
-            prepared = os.path.join(args.prepared_dir, "config.json")
-            cfg = Config.from_json(prepared)
-            _warn_if_older(prepared)
+            cfg = config_for_prepared(os.path.join(args.prepared_dir, "config.json"))
         else:
             cfg = Config()
         overrides = parse_overrides(args.set, args)

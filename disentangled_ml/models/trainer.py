@@ -30,10 +30,10 @@ import tensorflow as tf
 from keras import ops
 
 from disentangled_ml.config import Config, ConfigError
-from disentangled_ml.losses import IN_BATCH_MODES, build_triplet_loss
+from disentangled_ml.losses import IN_BATCH_MODES, build_class_loss, build_triplet_loss
 from disentangled_ml.models.embedding import EMBEDDING_OUTPUT, RAW_OUTPUT, build_embedding_model
 from disentangled_ml.models.masks import build_condition_masks
-from disentangled_ml.pair_masks import batch_pair_masks, missing_crop_labels
+from disentangled_ml.pair_masks import batch_pair_masks, flatten_roles, missing_crop_labels
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class TripletModel(keras.Model):
         self.embedding_model = build_embedding_model(config)
         self.condition_masks = build_condition_masks(config)
         self.triplet_loss = build_triplet_loss(config)
+        self.class_loss = build_class_loss(config)  # None unless loss.class_weight > 0 and class counts known
         self._learned_masks = config.model.mask_mode == "learned"
         self._warned_no_crop_labels = False
 
@@ -113,14 +114,16 @@ class TripletModel(keras.Model):
         self.condition_loss_trackers = [keras.metrics.Mean(name=f"loss_{g}") for g in groups]
         self.condition_acc_trackers = [keras.metrics.Mean(name=f"acc_{g}") for g in groups]
         self.mean_acc_tracker = MeanConditionAccuracy(len(config.conditions.names), name="mean_acc")
+        self.class_loss_tracker = keras.metrics.Mean(name="loss_class") if self.class_loss is not None else None
         # Every part is built at construction (fixed input shape), so fit() needs no
         # symbolic build pass and load_model() can restore weights straight away.
         self.built = True
 
     @property
     def metrics(self):
+        extra = [self.class_loss_tracker] if self.class_loss_tracker is not None else []
         return [self.loss_tracker, *self.condition_loss_trackers, *self.condition_acc_trackers,
-                self.mean_acc_tracker]
+                self.mean_acc_tracker, *extra]
 
     def call(self, inputs, training=False):
         """Embedding of ``inputs["anchor"]`` (or of ``inputs`` when it is a mel batch).
@@ -145,7 +148,10 @@ class TripletModel(keras.Model):
 
         Returns:
             the :class:`~disentangled_ml.losses.MaskedTripletLoss` outputs, with
-            ``"loss"`` also including the learned masks' L1 penalty.
+            ``"loss"`` also including the learned masks' L1 penalty and, in training
+            with crop labels and ``loss.class_weight > 0``, ``class_weight * L_class``
+            (:class:`~disentangled_ml.losses.ConditionClassLoss`; also returned as
+            ``"class_loss"``).
         """
         self._check_batch(x)
         anchor = x["anchor"]
@@ -155,21 +161,31 @@ class TripletModel(keras.Model):
         emb = ops.cast(out[EMBEDDING_OUTPUT], "float32")  # loss in float32 under mixed precision
         raw = ops.cast(out[RAW_OUTPUT], "float32") if self._learned_masks else None
         pairs = None
-        if training and self.cfg.data.mining in IN_BATCH_MODES:
+        in_batch = self.cfg.data.mining in IN_BATCH_MODES
+        has_labels = False
+        if training and (in_batch or self.class_loss is not None):
             missing = missing_crop_labels(x, self.cfg)
-            if not missing:
+            has_labels = not missing
+            if has_labels and in_batch:
                 pairs = batch_pair_masks(x, self.cfg)  # crop labels -> [C + 1, 3B, 3B] pairs
-            elif not self._warned_no_crop_labels:  # once, when the step is traced
+            elif missing and not self._warned_no_crop_labels:  # once, when the step is traced
                 self._warned_no_crop_labels = True
-                log.warning("data.mining=%r but the training batches carry no crop labels (%s): training on the "
-                            "sampled triplets only, as with data.mining='random'. Batches from "
+                log.warning("data.mining=%r and loss.class_weight=%g need the crop labels of the training batches, "
+                            "and these carry none (%s): training on the sampled triplets only, as with "
+                            "data.mining='random' and loss.class_weight=0. Batches from "
                             "disentangled_ml.data.pipeline.training_dataset carry them.",
-                            self.cfg.data.mining, ", ".join(missing))
-        result = self.triplet_loss(emb[:b], emb[b:2 * b], emb[2 * b:], x["condition"],
-                                   self.condition_masks.mask_matrix(), raw_embeddings=raw, pairs=pairs,
-                                   training=training)
+                            self.cfg.data.mining, self.cfg.loss.class_weight, ", ".join(missing))
+        masks = self.condition_masks.mask_matrix()
+        result = self.triplet_loss(emb[:b], emb[b:2 * b], emb[2 * b:], x["condition"], masks,
+                                   raw_embeddings=raw, pairs=pairs, training=training)
         result = dict(result)
         result["loss"] = result["loss"] + self.condition_masks.penalty()
+        if has_labels and self.class_loss is not None:
+            classes = [flatten_roles(x[f"crop_classes_{n}"]) if n in self.class_loss.proxies else None
+                       for n in self.cfg.conditions.names]
+            class_loss, _ = self.class_loss(emb, masks, classes)
+            result["class_loss"] = class_loss
+            result["loss"] = result["loss"] + self.cfg.loss.class_weight * class_loss
         return result
 
     def _update_metrics(self, result: Mapping[str, Any]) -> Dict[str, Any]:
@@ -181,7 +197,11 @@ class TripletModel(keras.Model):
             acc_t.update_state(result["condition_accuracy"][k], sample_weight=count[k])
         c = self.triplet_loss.num_conditions
         self.mean_acc_tracker.update_state(result["condition_accuracy"][:c] * count[:c], count[:c])
-        return {m.name: m.result() for m in self.metrics}
+        if self.class_loss_tracker is not None and "class_loss" in result:  # training batches only
+            self.class_loss_tracker.update_state(result["class_loss"])
+        # loss_class is a training-only figure: evaluation batches carry no crop labels
+        return {m.name: m.result() for m in self.metrics
+                if m is not self.class_loss_tracker or "class_loss" in result}
 
     def train_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

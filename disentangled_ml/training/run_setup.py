@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from disentangled_ml.config import TRACK_CONDITION, Config, ConfigError
+from disentangled_ml.config import TRACK_CONDITION, Config, ConfigError, config_for_prepared
 from disentangled_ml.data.eval_triplets import (build_eval_triplets, iter_waveform_crops, load_split_audio,
                                                 read_eval_triplets, write_eval_triplets)
 from disentangled_ml.data.labels import LabelTables
@@ -114,7 +114,8 @@ def resolve_config(run_dir: str, prepared_dir: str, user: Optional[Config]) -> C
             log.info("resuming %s with train.epochs=%d (was %d)", run_dir, user.train.epochs, cfg.train.epochs)
             cfg = cfg.replace(**{"train.epochs": user.train.epochs})
             cfg.to_json(saved)
-        same = user.replace(**{"frontend.norm_mean": cfg.frontend.norm_mean, "frontend.norm_std": cfg.frontend.norm_std})
+        same = user.replace(**{"frontend.norm_mean": cfg.frontend.norm_mean, "frontend.norm_std": cfg.frontend.norm_std,
+                               "conditions.class_counts": cfg.conditions.class_counts})
         if same.hash() != cfg.hash():
             log.warning("%s already holds a run with another config; resuming it with its saved config "
                         "(use a new --out to train with the new one).", run_dir)
@@ -122,7 +123,7 @@ def resolve_config(run_dir: str, prepared_dir: str, user: Optional[Config]) -> C
     if user is not None:
         return user
     prepared = os.path.join(prepared_dir, "config.json")
-    return Config.from_json(prepared) if os.path.isfile(prepared) else Config()
+    return config_for_prepared(prepared) if os.path.isfile(prepared) else Config()
 
 
 @dataclasses.dataclass
@@ -181,11 +182,16 @@ def prepare_run(prepared_dir: str, run_dir: str, config: Optional[Config] = None
         raise ConfigError("no condition can form triplets and data.track_triplet_ratio is 0: nothing to train.")
 
     config_path = os.path.join(run_dir, "config.json")
+    counts = {name: len(tables.vocab[name]) for name in config.conditions.names if name in tables.vocab}
     if not os.path.isfile(config_path):
         stats = estimate_norm_stats(tracks, splits["train"], config, seed=config.data.seed)
-        config = config.replace(**{f"frontend.{k}": v for k, v in stats.items()})
+        config = config.replace(**{f"frontend.{k}": v for k, v in stats.items()}, **{"conditions.class_counts": counts})
         config.to_json(config_path)
         _write_splits(os.path.join(run_dir, "splits.csv"), tracks, splits)
+    elif config.conditions.class_counts is not None and config.conditions.class_counts != counts:
+        raise ConfigError(f"{run_dir} was started on a collection with {config.conditions.class_counts} classes per "
+                          f"condition, and {prepared_dir} now has {counts}: the class proxies of the saved run do not "
+                          "fit it. Train into a new --out directory.")
     log.info("run %s: config %s, %d/%d/%d tracks (train/validation/test)", run_dir, config.hash(),
              *(len(splits[s]) for s in SPLITS))
 
