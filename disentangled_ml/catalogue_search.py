@@ -452,6 +452,7 @@ class Catalogue:
         path: the catalogue directory.
         exact_below: search exactly when the catalogue has fewer tracks than this;
             otherwise use hnswlib indexes.
+        mmap: memory-map ``tracks.npy`` (read-only) instead of reading it whole.
 
     Attributes:
         config: ``config.json`` (the export's, plus ``"catalogue"``).
@@ -462,7 +463,7 @@ class Catalogue:
         condition_views: the :class:`~disentangled_ml.condition_views.ConditionViews` of ``config``.
     """
 
-    def __init__(self, path: str, exact_below: int = DEFAULT_EXACT_BELOW) -> None:
+    def __init__(self, path: str, exact_below: int = DEFAULT_EXACT_BELOW, mmap: bool = False) -> None:
         self.path = path
         self.exact_below = int(exact_below)
         for name in ("config.json", "tracks.npy", "tracks.csv"):
@@ -471,7 +472,9 @@ class Catalogue:
                                   "dml embed (which finishes by writing it)?")
         with open(os.path.join(path, "config.json")) as f:
             self.config = json.load(f)
-        self.embeddings = np.load(os.path.join(path, "tracks.npy"))
+        # mmap: pages are read on demand, so a 100,000-track catalogue opens at once (dml serve);
+        # the exact path then copies only the rows it measures, and hnswlib indexes are cached on disk.
+        self.embeddings = np.load(os.path.join(path, "tracks.npy"), mmap_mode="r" if mmap else None)
         with open(os.path.join(path, "tracks.csv"), newline="") as f:
             self.rows = list(csv.DictReader(f))
         if len(self.rows) != len(self.embeddings):
@@ -622,23 +625,8 @@ class Catalogue:
         """
         if k < 1:
             raise SearchError(f"--k {k} must be >= 1.")
-        if condition is not None and weights:
-            raise SearchError("give either --condition or --weights, not both.")
-        if weights:
-            for name, w in weights.items():
-                self.check_view(name)
-                if not (np.isfinite(w) and w >= 0):
-                    raise SearchError(f"weight {name}={w} must be a finite number >= 0.")
-            if not any(w > 0 for w in weights.values()):
-                raise SearchError("at least one weight must be > 0.")
-            terms = {n: float(w) for n, w in weights.items() if w > 0}
-        else:
-            name = condition or WHOLE
-            self.check_view(name)
-            terms = {name: 1.0}
-        q = np.asarray(vector, np.float32).reshape(1, -1)
-        if q.shape[1] != self.embeddings.shape[1]:
-            raise SearchError(f"query vector has {q.shape[1]} dimensions, the catalogue {self.embeddings.shape[1]}.")
+        terms = self.weight_terms(condition, weights)
+        q = self._query_row(vector)
         n = len(self)
         k_eff = min(k, n - (exclude is not None))
         if k_eff <= 0:
@@ -650,12 +638,51 @@ class Catalogue:
             candidates = np.unique(np.concatenate([self._ann(view, q, fetch) for view in terms]))
         if exclude is not None:
             candidates = candidates[candidates != exclude]
-        d2 = np.zeros(len(candidates), np.float64)
-        for view, w in terms.items():
-            diff = self.project(self.embeddings[candidates], view).astype(np.float64) - self.project(q, view)
-            d2 += w * np.einsum("ij,ij->i", diff, diff)
+        d2 = self._squared_distances(self.embeddings[candidates], q, terms)
         order = np.lexsort((candidates, d2))[:k_eff]
         return [(int(candidates[i]), float(np.sqrt(d2[i]))) for i in order]
+
+    def weight_terms(self, condition: Optional[str] = None, weights: Optional[Mapping[str, float]] = None
+                     ) -> Dict[str, float]:
+        """The checked ``{view: weight > 0}`` a query measures in (:meth:`search`'s ``condition`` / ``weights``).
+
+        Raises:
+            SearchError: both given, an unknown condition, a weight that is not finite and >= 0, or all zero.
+        """
+        if condition is not None and weights:
+            raise SearchError("give either --condition or --weights, not both.")
+        if weights:
+            for name, w in weights.items():
+                self.check_view(name)
+                if not (np.isfinite(w) and w >= 0):
+                    raise SearchError(f"weight {name}={w} must be a finite number >= 0.")
+            if not any(w > 0 for w in weights.values()):
+                raise SearchError("at least one weight must be > 0.")
+            return {n: float(w) for n, w in weights.items() if w > 0}
+        name = condition or WHOLE
+        self.check_view(name)
+        return {name: 1.0}
+
+    def distances(self, x: np.ndarray, vector: np.ndarray, condition: Optional[str] = None,
+                  weights: Optional[Mapping[str, float]] = None) -> np.ndarray:
+        """Distances from ``vector`` (``[D]``) to each row of ``x`` (``[n, D]``, e.g. a track's segments),
+        measured as :meth:`search` measures them: float64 ``[n]``, ``sqrt(sum_c w_c * d_c^2)``."""
+        terms = self.weight_terms(condition, weights)
+        return np.sqrt(self._squared_distances(np.asarray(x, np.float32).reshape(-1, self.embeddings.shape[1]),
+                                               self._query_row(vector), terms))
+
+    def _query_row(self, vector: np.ndarray) -> np.ndarray:
+        q = np.asarray(vector, np.float32).reshape(1, -1)
+        if q.shape[1] != self.embeddings.shape[1]:
+            raise SearchError(f"query vector has {q.shape[1]} dimensions, the catalogue {self.embeddings.shape[1]}.")
+        return q
+
+    def _squared_distances(self, x: np.ndarray, q: np.ndarray, terms: Mapping[str, float]) -> np.ndarray:
+        d2 = np.zeros(len(x), np.float64)
+        for view, w in terms.items():
+            diff = self.project(x, view).astype(np.float64) - self.project(q, view)
+            d2 += w * np.einsum("ij,ij->i", diff, diff)
+        return d2
 
     # ------------------------------------------------------------------ hnswlib
 
@@ -665,6 +692,19 @@ class Catalogue:
         index.set_ef(max(HNSW_EF_SEARCH, fetch))
         labels, _ = index.knn_query(self.project(q, view), k=fetch)
         return labels[0].astype(np.int64)
+
+    def prepare_indexes(self) -> List[str]:
+        """Load (or build and cache) the hnswlib index of every view now, when the catalogue is searched
+        through them (``len(self) >= exact_below``), so that no later query waits for a build.
+
+        Returns:
+            the views whose index is ready; ``[]`` for a catalogue searched exactly.
+        """
+        if len(self) < self.exact_below:
+            return []
+        for view in self.views:
+            self._index(view)
+        return list(self.views)
 
     def _index(self, view: str):
         # hnswlib rather than faiss: it has an L2 space, supports adding items to a built
