@@ -25,6 +25,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=packages,
     package_dir={"disentangled_ml.tuning": "tuning", "disentangled_ml.export": "export"},
+    package_data={"disentangled_ml.serve": ["static/*"]},  # the page of dml serve
     install_requires=[
         # 2.16.2: the last TF whose ABI tensorflow-io 0.37.1's native kernels load against.
         # On Linux x86-64 the `tensorflow` wheel is the CUDA build, which on a machine without a GPU
@@ -51,9 +52,13 @@ setup(
         "matplotlib>=3.7",
         "scikit-learn>=1.3",  # k-means codebook of the MFCC-VQ baseline, nearest neighbours
         "scipy>=1.10",  # Kaiser FIR of frontend.pitch_decimation (librosa and scikit-learn need it too)
+        "starlette==1.10.0",  # dml serve: the ASGI app (routes, static files, byte-range audio responses)
+        "uvicorn==0.54.0",  # dml serve: the ASGI server (pure-Python h11; no [standard] extras needed)
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # selenium drives Debian's chromium through chromium-driver in tests/test_serve.py; 4.52+ require a
+        # certifi newer than the registry mirror here serves
+        "test": ["pytest>=7", "selenium==4.51.0"],
         # `pip install -e ".[gpu]"` (Linux x86-64): the CUDA build and its NVIDIA libraries. It installs
         # next to tensorflow-cpu (same version, same `tensorflow` package) and after it, so its files are
         # the ones in place; `dml info` prints which build loads (tensorflow_build).

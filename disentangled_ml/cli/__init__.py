@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "export": "export",
     "embed": "embed",
     "similar": "similar",
+    "serve": "serve",
     "timeline": "timeline",
     "data-service": "data_service",
 }
