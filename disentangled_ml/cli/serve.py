@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from disentangled_ml.audio_io import AudioDecodeError
     from disentangled_ml.catalogue_search import SearchError
     from disentangled_ml.serve.app import serve
     from disentangled_ml.serve.explorer import Explorer
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
                             map_method=args.map, max_upload_bytes=int(args.max_upload_mb * 2 ** 20))
         # hnswlib indexes of a large catalogue are loaded (or built, once) now rather than by the first query
         explorer.catalogue.prepare_indexes()
-    except SearchError as e:
+        explorer.warm_up()  # loads the decoder and the export now, not at the first upload
+    except (SearchError, AudioDecodeError) as e:
         raise CliError(str(e)) from None
     serve(explorer, host=args.host, port=args.port)
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import uuid
 from collections import OrderedDict
@@ -272,6 +273,21 @@ class Explorer:
         while len(self._uploads) > UPLOADS_KEPT:
             self._uploads.popitem(last=False)
         return {k: v for k, v in entry.items() if k != "vector"}
+
+    def warm_up(self) -> None:
+        """Embed one segment of silence through the upload path (decoder and export), so that the first
+        upload does not wait for TensorFlow to load, and a broken export fails at start-up. No-op without
+        an export."""
+        if self._embed_file is None:
+            return
+        import soundfile
+
+        with tempfile.TemporaryDirectory(prefix="dml_serve_warm_up_") as tmp:
+            path = os.path.join(tmp, "silence.wav")
+            soundfile.write(path, np.zeros(int(round(self.segment_seconds * self.sample_rate)), np.float32),
+                            self.sample_rate, subtype="PCM_16")
+            with self._embed_lock:
+                self._embed_file(path)
 
     # ------------------------------------------------------------------ the map
 
