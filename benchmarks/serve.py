@@ -69,7 +69,7 @@ def write_catalogue(path: str, tracks: int, segments: int, seed: int = 0) -> dic
     """A catalogue of ``tracks`` synthetic tracks in dml embed's format (module docstring); returns its sizes."""
     rng = np.random.default_rng(seed)
     os.makedirs(path, exist_ok=True)
-    labels, track_parts, seg_parts = {}, [], []
+    labels, track_parts = {}, []
     for name, n_classes in CONDITIONS.items():
         centroids = rng.standard_normal((n_classes, SLICE)).astype(np.float32)
         classes = rng.integers(0, n_classes, tracks)
@@ -78,7 +78,8 @@ def write_catalogue(path: str, tracks: int, segments: int, seed: int = 0) -> dic
     emb = np.concatenate(track_parts, axis=1)
     np.save(os.path.join(path, "tracks.npy"), emb)
     # segments: the track's slices plus noise, re-normalised per slice
-    seg = np.repeat(emb, segments, axis=0) + 0.05 * rng.standard_normal((tracks * segments, emb.shape[1])).astype(np.float32)
+    noise = rng.standard_normal((tracks * segments, emb.shape[1])).astype(np.float32)
+    seg = np.repeat(emb, segments, axis=0) + 0.05 * noise
     seg = seg.reshape(-1, 4, SLICE)
     seg = (seg / np.linalg.norm(seg, axis=2, keepdims=True) / 2).reshape(-1, 4 * SLICE).astype(np.float32)
     np.save(os.path.join(path, "segments.npy"), seg)

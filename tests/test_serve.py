@@ -349,8 +349,7 @@ def browser():
                     "(.ci/run installs them where they are missing)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100",
-                "--mute-audio", "--autoplay-policy=no-user-gesture-required"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100", "--mute-audio"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # the driver's path is given, so Selenium Manager (which would download one) is never asked
@@ -369,7 +368,8 @@ def test_page_in_chromium(server, catalogue, browser, tmp_path, capsys):
     d = browser
     wait = WebDriverWait(d, process_timeout(10))
     body = lambda: d.find_element(By.TAG_NAME, "body")  # noqa: E731
-    shown_ids = lambda: [r.get_attribute("data-track-id") for r in d.find_elements(By.CSS_SELECTOR, "#neighbours tbody tr")]  # noqa: E731,E501
+    shown_ids = lambda: [r.get_attribute("data-track-id")  # noqa: E731
+                         for r in d.find_elements(By.CSS_SELECTOR, "#neighbours tbody tr")]
     d.get(f"http://127.0.0.1:{server}/")
     wait.until(lambda _: body().get_attribute("data-state") == "ready")
 

@@ -24,9 +24,10 @@ every answer carries a content security policy that allows only this origin's sc
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-import logging
 import os
+import shutil
 import sys
 import tempfile
 from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optional
@@ -39,9 +40,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from disentangled_ml.catalogue_search import SearchError
-from disentangled_ml.serve.explorer import Explorer, RequestError
+from disentangled_ml.serve.explorer import K_DEFAULT, Explorer, RequestError
 
-log = logging.getLogger(__name__)
 
 #: The page's files (package data).
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -124,7 +124,7 @@ def create_app(explorer: Explorer, loopback_only: bool = True) -> ASGIApp:
     def neighbours(request: Request) -> Dict[str, Any]:
         q = request.query_params
         return explorer.neighbours(track=q.get("track"), upload=q.get("upload"), weights=q.get("weights"),
-                                   k=q.get("k", explorer.info()["k_default"]))
+                                   k=q.get("k", K_DEFAULT))
 
     async def upload(request: Request) -> Response:
         try:
@@ -153,7 +153,12 @@ def create_app(explorer: Explorer, loopback_only: bool = True) -> ASGIApp:
         Route("/audio/{path:path}", audio),
         Mount("/static", StaticFiles(directory=STATIC_DIR)),
     ]
-    return Guard(Starlette(routes=routes), loopback_only)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        shutil.rmtree(upload_dir, ignore_errors=True)  # empty unless an upload was cut off by the shutdown
+
+    return Guard(Starlette(routes=routes, lifespan=lifespan), loopback_only)
 
 
 def _int(text: Optional[str], default: int) -> int:

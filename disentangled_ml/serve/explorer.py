@@ -119,8 +119,8 @@ class Explorer:
     def info(self) -> Dict[str, Any]:
         """The catalogue's summary and the server's limits, for the page to build itself."""
         cat = self.catalogue
-        return {"catalogue": os.path.abspath(cat.path), "tracks": len(cat), "embedding_dim": int(cat.embeddings.shape[1]),
-                "conditions": self.conditions, "views": cat.conditions, "label_columns": self.label_columns,
+        return {"catalogue": os.path.abspath(cat.path), "tracks": len(cat),
+                "embedding_dim": int(cat.embeddings.shape[1]), "conditions": self.conditions, "views": cat.conditions, "label_columns": self.label_columns,
                 "k_max": K_MAX, "k_default": K_DEFAULT, "upload": self._embed_file is not None,
                 "max_upload_bytes": self.max_upload_bytes, "segment_seconds": self.segment_seconds,
                 "hop_seconds": self.hop_seconds, "map_method": self.map_method,
@@ -216,11 +216,12 @@ class Explorer:
             vector = np.asarray(cat.embeddings[exclude], np.float32)
             query = self.track(exclude)
         else:
-            if upload not in self._uploads:
+            entry = self._uploads.get(upload)  # one look-up: another thread's upload may evict it meanwhile
+            if entry is None:
                 raise RequestError(f"upload {upload!r} is unknown or was forgotten (the server keeps the last "
                                    f"{UPLOADS_KEPT}); drop the file again.", 404)
-            exclude, vector = None, self._uploads[upload]["vector"]
-            query = {k_: v for k_, v in self._uploads[upload].items() if k_ != "vector"}
+            exclude, vector = None, entry["vector"]
+            query = {key: value for key, value in entry.items() if key != "vector"}
         try:
             with self._search_lock:
                 hits = cat.search(vector, weights=w, k=k, exclude=exclude)
@@ -272,7 +273,7 @@ class Explorer:
         self._uploads[upload_id] = entry
         while len(self._uploads) > UPLOADS_KEPT:
             self._uploads.popitem(last=False)
-        return {k: v for k, v in entry.items() if k != "vector"}
+        return {key: value for key, value in entry.items() if key != "vector"}
 
     def warm_up(self) -> None:
         """Embed one segment of silence through the upload path (decoder and export), so that the first
