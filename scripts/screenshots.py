@@ -114,9 +114,7 @@ def serve_shot(demo: str, out_png: str, bin_dir: str) -> None:
             find.send_keys(track)
             find.send_keys(Keys.ENTER)
             wait.until(lambda _: (body().get_attribute("data-shown") or "").startswith(track + "|"))
-            for button in d.find_elements(By.TAG_NAME, "button"):
-                if button.text.strip() == "only mood":
-                    button.click()
+            d.find_element(By.XPATH, "//div[@id='presets']//button[normalize-space()='only mood']").click()
             wait.until(lambda _: "mood=1.00" in (body().get_attribute("data-shown") or ""))
             d.find_element(By.ID, "map-view").send_keys("mood")  # the map of the mood view
             time.sleep(2)
