@@ -159,6 +159,21 @@ def test_triplet_model_adds_the_term_in_training_only_and_saves_its_proxies(tmp_
     assert "loss_class" in logs and float(logs["loss_class"]) > 0
     assert "loss_class" not in model.test_step(x)  # evaluation has no crop labels to classify
 
+    # a hand-made triplet batch without crop labels trains on the triplets alone, and says so
+    bare = {k: x[k] for k in ("anchor", "positive", "negative", "condition")}
+    import logging
+
+    caplog_records = []
+    handler = logging.Handler()
+    handler.emit = caplog_records.append
+    logging.getLogger("disentangled_ml.models.trainer").addHandler(handler)
+    try:
+        out_bare = model.triplet_outputs(bare, training=True)
+    finally:
+        logging.getLogger("disentangled_ml.models.trainer").removeHandler(handler)
+    assert "class_loss" not in out_bare
+    assert any("classification term" in r.getMessage() for r in caplog_records)
+
     path = str(tmp_path / "m.keras")
     model.save(path)
     again = keras.saving.load_model(path)  # no custom_objects

@@ -170,11 +170,16 @@ class TripletModel(keras.Model):
                 pairs = batch_pair_masks(x, self.cfg)  # crop labels -> [C + 1, 3B, 3B] pairs
             elif missing and not self._warned_no_crop_labels:  # once, when the step is traced
                 self._warned_no_crop_labels = True
-                log.warning("data.mining=%r and loss.class_weight=%g need the crop labels of the training batches, "
-                            "and these carry none (%s): training on the sampled triplets only, as with "
-                            "data.mining='random' and loss.class_weight=0. Batches from "
+                skipped = []
+                if in_batch:
+                    skipped.append(f"data.mining={self.cfg.data.mining!r} trains on the sampled triplets only, "
+                                   "as with 'random'")
+                if self.class_loss is not None:
+                    skipped.append(f"the classification term (loss.class_weight={self.cfg.loss.class_weight:g}) "
+                                   "is left out")
+                log.warning("the training batches carry no crop labels (%s): %s. Batches from "
                             "disentangled_ml.data.pipeline.training_dataset carry them.",
-                            self.cfg.data.mining, self.cfg.loss.class_weight, ", ".join(missing))
+                            ", ".join(missing), "; ".join(skipped))
         masks = self.condition_masks.mask_matrix()
         result = self.triplet_loss(emb[:b], emb[b:2 * b], emb[2 * b:], x["condition"], masks,
                                    raw_embeddings=raw, pairs=pairs, training=training)
