@@ -158,6 +158,7 @@ def test_triplet_model_adds_the_term_in_training_only_and_saves_its_proxies(tmp_
     logs = model.train_step(x)
     assert "loss_class" in logs and float(logs["loss_class"]) > 0
     assert "loss_class" not in model.test_step(x)  # evaluation has no crop labels to classify
+    assert model.training_only_metrics == ("loss_class",)  # the multi-worker loop skips its val_ figure too
 
     # a hand-made triplet batch without crop labels trains on the triplets alone, and says so
     bare = {k: x[k] for k in ("anchor", "positive", "negative", "condition")}

@@ -125,6 +125,12 @@ class TripletModel(keras.Model):
         return [self.loss_tracker, *self.condition_loss_trackers, *self.condition_acc_trackers,
                 self.mean_acc_tracker, *extra]
 
+    @property
+    def training_only_metrics(self) -> tuple:
+        """Names of metrics that only training batches update (evaluation batches carry no crop
+        labels to classify), so no ``val_`` figure is reported for them."""
+        return (self.class_loss_tracker.name,) if self.class_loss_tracker is not None else ()
+
     def call(self, inputs, training=False):
         """Embedding of ``inputs["anchor"]`` (or of ``inputs`` when it is a mel batch).
 
@@ -204,9 +210,8 @@ class TripletModel(keras.Model):
         self.mean_acc_tracker.update_state(result["condition_accuracy"][:c] * count[:c], count[:c])
         if self.class_loss_tracker is not None and "class_loss" in result:  # training batches only
             self.class_loss_tracker.update_state(result["class_loss"])
-        # loss_class is a training-only figure: evaluation batches carry no crop labels
-        return {m.name: m.result() for m in self.metrics
-                if m is not self.class_loss_tracker or "class_loss" in result}
+        skip = () if "class_loss" in result else self.training_only_metrics
+        return {m.name: m.result() for m in self.metrics if m.name not in skip}
 
     def train_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -251,7 +251,8 @@ def fit_distributed(strategy: tf.distribute.Strategy, model: keras.Model, train_
             val_iterator = iter(strategy.distribute_datasets_from_function(val_dataset_fn))
             for _ in range(val_steps):
                 test_step(next(val_iterator))
-            logs.update({f"val_{k}": float(v) for k, v in read_metrics().items()})
+            skip = getattr(model, "training_only_metrics", ())
+            logs.update({f"val_{k}": float(v) for k, v in read_metrics().items() if k not in skip})
         callback_list.on_epoch_end(epoch, logs)
         epoch_var.assign(epoch + 1)
         if manager is not None:
