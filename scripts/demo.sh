@@ -21,7 +21,8 @@ stage() {
 }
 stage synth
 echo "== 1/7 synthesise $TRACKS tracks"
-"$DML" synth "$OUT/collection" --tracks "$TRACKS" --seed 0
+"$DML" synth "$OUT/collection" --tracks "$TRACKS" --seed 0 \
+  --min-seconds "${DEMO_MIN_SECONDS:-20}" --max-seconds "${DEMO_MAX_SECONDS:-30}"
 stage prepare
 echo "== 2/7 prepare (validate, tempo with madmom where missing, label summary)"
 # The synthesiser writes exact BPM; drop it for a third of the tracks so madmom estimates those.
@@ -40,7 +41,7 @@ PY
 stage train
 echo "== 3/7 train the default network on a shorter budget (the default is 12 x 250 steps, ~50 min on 2 cores)"
 "$DML" train "$OUT/prepared" --out "$OUT/run" \
-  --set data.eval_triplets_per_condition=100 --set train.warmup_steps=50 \
+  --set data.eval_triplets_per_condition=100 --set train.warmup_steps=50 ${DEMO_SET:-} \
   --epochs "${DEMO_EPOCHS:-3}" --steps-per-epoch "${DEMO_STEPS:-100}"
 stage evaluate
 echo "== 4/7 evaluate on the test split, against the MFCC-VQ, MFCC and untrained baselines"
