@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo_out
-DEMO_TRACKS ?= 120
+DEMO_TRACKS ?= 300
 
 .PHONY: demo test test-fast golden install clean
 
