@@ -26,26 +26,25 @@ condition outputs, ``config.json`` and parity), the catalogue search, the
 embedding model's :func:`~disentangled_ml.models.embedding.slice_outputs` and the
 TensorBoard projector all read views from here.
 
-Only numpy and :mod:`disentangled_ml.config` are imported.
+Only numpy, :mod:`disentangled_ml.config` and :mod:`disentangled_ml.run_directory` are imported.
 """
 
 from __future__ import annotations
 
-import os
 import types
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from disentangled_ml.config import Config, ConfigError
+from disentangled_ml.run_directory import MASKS_FILE, RunDirectory, RunDirectoryError
 
+# MASKS_FILE stays importable from here, where it was before run_directory had it (tests, export).
 __all__ = ["ConditionViews", "ConditionViewsError", "MASK_MODES", "MASKS_FILE"]
 
 #: The values of ``model.mask_mode``.
 MASK_MODES: Tuple[str, ...] = ("fixed", "learned", "none")
-#: The mask matrix file of a run directory: float32 ``[conditions (+ 1 track row), embedding_dim]``.
-MASKS_FILE = "masks.npy"
 
 
 class ConditionViewsError(ConfigError):
@@ -117,27 +116,27 @@ class ConditionViews:
                    masks if mode == "learned" else None)
 
     @classmethod
-    def from_run_dir(cls, run_dir: str, config: Optional[Config] = None) -> "ConditionViews":
+    def from_run_dir(cls, run_dir: Union[str, RunDirectory], config: Optional[Config] = None) -> "ConditionViews":
         """The views of a training run directory.
 
         Args:
             run_dir: written by ``dml train``: ``config.json`` and, for learned masks,
-                ``masks.npy``.
+                ``masks.npy`` (:class:`~disentangled_ml.run_directory.RunDirectory`).
             config: the run's config when already read (default: ``RUN_DIR/config.json``).
 
         Raises:
             ConditionViewsError: learned masks but no ``RUN_DIR/masks.npy``, or a misshapen one.
             ConfigError: an unreadable ``config.json``.
         """
+        run = RunDirectory(run_dir)
         if config is None:
-            config = Config.from_json(os.path.join(run_dir, "config.json"))
+            config = run.read_config()
         masks = None
         if config.model.mask_mode == "learned":
-            path = os.path.join(run_dir, MASKS_FILE)
-            if not os.path.isfile(path):
-                raise ConditionViewsError(f"{path} does not exist: a run with learned masks needs its mask matrix "
-                                          "to score the condition sub-spaces.")
-            masks = np.load(path)
+            try:
+                masks = run.read_masks()
+            except RunDirectoryError as e:  # the views' own error, which evaluation and export catch
+                raise ConditionViewsError(str(e)) from None
         return cls.from_config(config, masks)
 
     @classmethod

@@ -9,7 +9,6 @@ triplets (:mod:`.parity`), then write ``config.json`` and ``README.md``
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from typing import Any, Dict, Optional
 
 from disentangled_ml.export.parity import ParityError
 from disentangled_ml.export.savedmodel import ExportError
+from disentangled_ml.run_directory import RunDirectory, RunDirectoryError
 
 log = logging.getLogger(__name__)
 
@@ -52,36 +52,6 @@ class _StageTimer:
 
 def _dir_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
-
-
-def _prepared_dir(run_dir: Optional[str], prepared_dir: Optional[str]) -> Optional[str]:
-    if prepared_dir:
-        if not os.path.isfile(os.path.join(prepared_dir, "manifest.csv")):
-            raise ExportError(f"--prepared {prepared_dir} holds no manifest.csv (the folder dml prepare wrote).")
-        return prepared_dir
-    run_json = os.path.join(run_dir or "", "run.json")
-    if not run_dir or not os.path.isfile(run_json):
-        return None
-    try:
-        with open(run_json) as f:
-            prepared = json.load(f).get("prepared_dir")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    if prepared and not os.path.isabs(prepared):
-        prepared = os.path.join(run_dir, prepared)
-    if prepared and os.path.isfile(os.path.join(prepared, "manifest.csv")):
-        return prepared
-    log.warning("the prepared collection %s recorded in %s is not there; pass --prepared to calibrate and "
-                "check parity on real audio.", prepared, run_json)
-    return None
-
-
-def _read_splits(run_dir: Optional[str]) -> Dict[str, str]:
-    path = os.path.join(run_dir or "", "splits.csv")
-    if not run_dir or not os.path.isfile(path):
-        return {}
-    with open(path, newline="") as f:
-        return {r["track_id"]: r["split"] for r in csv.DictReader(f) if r.get("track_id")}
 
 
 def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, int8_full: bool = True,
@@ -144,17 +114,21 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
     heads = sm.condition_heads(cfg, run.masks)
     output_names = [sm.EMBEDDING_OUTPUT] + list(heads)
 
-    # Audio for calibration (training split) and parity (test split), when the
-    # prepared collection is at hand.
-    prepared = _prepared_dir(run.run_dir, prepared_dir)
-    splits = _read_splits(run.run_dir)
+    # Audio for calibration (training split) and parity (test split), when the prepared collection is
+    # at hand; without it (or without splits.csv) they fall back on synthetic audio-like signals.
+    run_dir = RunDirectory(run.run_dir)
+    try:
+        prepared = run_dir.prepared_dir(prepared_dir, required=False)
+        splits = run_dir.read_splits() if os.path.isfile(run_dir.splits_path) else {}
+    except RunDirectoryError as e:
+        raise ExportError(str(e)) from None
     tracks = None
     if prepared:
         from disentangled_ml.data.manifest import read_manifest
 
         tracks = read_manifest(os.path.join(prepared, "manifest.csv"))
         if not splits:
-            log.warning("%s/splits.csv is missing: the split of each track is unknown.", run.run_dir)
+            log.warning("%s is missing: the split of each track is unknown.", run_dir.splits_path)
 
     def segments_of(split: str, n: int, seed_: int):
         ids = [t.track_id for t in tracks or [] if splits.get(t.track_id) == split]
@@ -185,7 +159,7 @@ def export_run(source: str, out_dir: str, prepared_dir: Optional[str] = None, in
                               "variants": variant_report}
     timer.lap("parity")
 
-    triplet_path = os.path.join(run.run_dir or "", "test_triplets.csv")
+    triplet_path = run_dir.eval_triplets_path("test")
     if tracks is not None and os.path.isfile(triplet_path):
         from disentangled_ml.data.eval_triplets import load_split_audio, read_eval_triplets
 

@@ -28,12 +28,13 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from disentangled_ml.condition_views import MASKS_FILE, ConditionViews
+from disentangled_ml.condition_views import ConditionViews
 from disentangled_ml.config import Config, ConfigError
+from disentangled_ml.run_directory import RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class LoadedRun:
             ``waveform_model`` (its ops stay float in the full-integer TFLite model).
         masks: the condition mask matrix, float32 ``[C + 1, D]``.
         model_path: the ``.keras`` file the network was read from.
-        run_dir: the training run directory, or None for a bare ``.keras`` file.
+        run_dir: the training run directory (for a ``.keras`` file, the folder it is in), absolute.
     """
 
     config: Config
@@ -73,7 +74,7 @@ class LoadedRun:
     frontend_layer_name: str
     masks: np.ndarray
     model_path: str
-    run_dir: Optional[str]
+    run_dir: str
 
 
 def _import_keras():
@@ -126,16 +127,16 @@ def load_run(path: str) -> LoadedRun:
     from disentangled_ml.models.trainer import TripletModel
 
     if os.path.isdir(path):
-        run_dir = path
-        model_path = next((os.path.join(path, n) for n in ("embedding.keras", "best.keras")
-                           if os.path.isfile(os.path.join(path, n))), None)
+        run_dir = RunDirectory(path)
+        model_path = next((p for p in (run_dir.embedding_model_path, run_dir.best_model_path) if os.path.isfile(p)),
+                          None)
         if model_path is None:
             raise ExportError(f"{path} holds neither embedding.keras nor best.keras; is it a training run "
                               "directory (dml train)? Or pass the .keras file itself.")
     elif os.path.isfile(path):
         if not path.endswith(".keras"):
             raise ExportError(f"{path}: expected a run directory or a .keras file.")
-        model_path, run_dir = path, os.path.dirname(os.path.abspath(path))
+        model_path, run_dir = path, RunDirectory(os.path.dirname(os.path.abspath(path)))
     else:
         raise ExportError(f"{path}: no such run directory or .keras file.")
 
@@ -145,7 +146,7 @@ def load_run(path: str) -> LoadedRun:
         raise ExportError(f"{model_path}: cannot be loaded as a Keras model ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:300]}).") from e
 
-    config_path = os.path.join(run_dir, "config.json")
+    config_path = run_dir.config_path
     masks = None
     if isinstance(model, TripletModel):
         config = model.cfg
@@ -172,9 +173,9 @@ def load_run(path: str) -> LoadedRun:
         raise ExportError(f"{model_path}: the model takes {waveform_model.input_shape}, the config's segment is "
                           f"{expected_in}.")
 
-    mask_path = os.path.join(run_dir, MASKS_FILE)
+    mask_path = run_dir.masks_path
     if masks is None and os.path.isfile(mask_path):
-        masks = np.load(mask_path).astype(np.float32)
+        masks = run_dir.read_masks()
     if masks is None:
         if config.model.mask_mode == "learned":
             raise ExportError(f"{mask_path} does not exist: a run with learned masks needs its mask matrix "
@@ -187,7 +188,7 @@ def load_run(path: str) -> LoadedRun:
         raise ExportError(f"{mask_path}: mask matrix of shape {masks.shape}; expected [{c + 1}, {d}].")
     return LoadedRun(config=config, waveform_model=waveform_model, mel_model=mel_model,
                      frontend_layer_name=frontend_name, masks=masks, model_path=os.path.abspath(model_path),
-                     run_dir=os.path.abspath(run_dir))
+                     run_dir=os.path.abspath(run_dir.path))
 
 
 def condition_heads(config: Config, masks: np.ndarray) -> Dict[str, Dict[str, Any]]:

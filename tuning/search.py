@@ -77,6 +77,7 @@ import keras_tuner
 
 from disentangled_ml.config import Config, ConfigError
 from disentangled_ml.evaluation.metrics import wilson_interval
+from disentangled_ml.run_directory import RunDirectory
 from disentangled_ml.tuning.hypermodel import (HP_LAMBDA, HP_LEARNING_RATE, HP_MARGIN, HP_WIDTH, HYPERBAND_EPOCHS,
                                                DisentangledHyperModel, SearchSpace, config_from_values,
                                                objective_metric, parse_objective)
@@ -94,6 +95,12 @@ HEARTBEAT_S = 10.0  # how often a worker pings the chief while it trains a trial
 WORKER_LEASE_S = 600.0  # silence after which the chief gives a worker's trial to another worker
 HYPERBAND_FACTOR = 3
 _ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+
+
+def _shared_run(tune_dir: str) -> RunDirectory:
+    """``TUNE_DIR/data``: the run directory every trial shares (``prepare_run``: config.json with the
+    measured mel statistics, splits.csv, the fixed validation and test triplets)."""
+    return RunDirectory(os.path.join(tune_dir, "data"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -519,7 +526,7 @@ def run_search(prepared_dir: str, tune_dir: str, base_config: Optional[Config] =
     # The chief and the workers may start together: the first prepares, the others read.
     with _file_lock(os.path.join(tune_dir, ".lock")):
         _write_or_check_settings(tune_dir, settings)
-        data = prepare_run(prepared_dir, os.path.join(tune_dir, "data"), base_config)
+        data = prepare_run(prepared_dir, _shared_run(tune_dir).path, base_config)
     hypermodel = DisentangledHyperModel(data.config, space, run_data=data)
     if role == "worker":
         _wait_for_chief(oracle_ip, oracle_port, connect_timeout_s)
@@ -596,7 +603,7 @@ class PooledAccuracy:
 
 def validation_counts(tune_dir: str) -> Optional[Dict[str, int]]:
     """``{condition: triplets}`` of ``TUNE_DIR/data/validation_triplets.csv``; None without the file."""
-    path = os.path.join(tune_dir, "data", "validation_triplets.csv")
+    path = _shared_run(tune_dir).eval_triplets_path("validation")
     if not os.path.isfile(path):
         return None
     counts: Dict[str, int] = {}
@@ -709,7 +716,7 @@ def summarize(tune_dir: str, write: bool = True) -> SearchSummary:
         if ``tune_dir`` holds no search.
     """
     settings_path = os.path.join(tune_dir, "search.json")
-    base_path = os.path.join(tune_dir, "data", "config.json")
+    base_path = _shared_run(tune_dir).config_path
     if not (os.path.isfile(settings_path) and os.path.isfile(base_path)):
         raise ConfigError(f"{tune_dir} holds no search (search.json and data/config.json are missing); run "
                           f"`dml tune PREPARED_DIR --out {tune_dir}` first.")

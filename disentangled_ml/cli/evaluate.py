@@ -39,7 +39,6 @@ their line and reason. Exit status 1 when no row could be scored.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 
@@ -47,6 +46,7 @@ from disentangled_ml.cli import CliError
 from disentangled_ml.evaluation.baselines import (DEFAULT_CODEBOOK_SIZE, DEFAULT_FIT_CROPS_PER_TRACK,
                                                   DEFAULT_FIT_TRACKS)
 from disentangled_ml.evaluation.metrics import DEFAULT_K, DEFAULT_SEGMENTS_PER_TRACK
+from disentangled_ml.run_directory import RunDirectory, RunDirectoryError
 
 HELP = "evaluate a run: triplet accuracy, disentanglement, retrieval, baselines"
 
@@ -86,28 +86,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="crops per forward pass")
     parser.add_argument("--seed", type=int, default=0, help="seeds the baselines (crops, k-means, untrained weights)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _prepared_dir(args: argparse.Namespace) -> str:
-    if args.prepared:
-        return args.prepared
-    run_json = os.path.join(args.run_dir, "run.json")
-    if not os.path.isfile(run_json):
-        raise CliError(f"no --prepared given and {run_json} does not exist; pass --prepared PREPARED_DIR "
-                       "(the folder dml prepare wrote).")
-    try:
-        with open(run_json) as f:
-            prepared = json.load(f).get("prepared_dir")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise CliError(f"{run_json} is not a JSON object ({e}); pass --prepared PREPARED_DIR.") from None
-    if not prepared:
-        raise CliError(f"{run_json} records no prepared_dir; pass --prepared PREPARED_DIR.")
-    if not os.path.isabs(prepared) and not os.path.isdir(prepared):
-        prepared = os.path.join(args.run_dir, prepared)  # a path relative to the run directory
-    if not os.path.isdir(prepared):
-        raise CliError(f"the prepared collection {prepared} recorded in {run_json} does not exist; "
-                       "pass --prepared PREPARED_DIR.")
-    return prepared
 
 
 def _run_triplet_file(args: argparse.Namespace) -> int:
@@ -150,7 +128,10 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--{name.replace('_', '-')} {value}: give a number >= {low}.")
     if not os.path.isdir(args.run_dir):
         raise CliError(f"RUN_DIR {args.run_dir} is not a directory.")
-    prepared = _prepared_dir(args)
+    try:
+        prepared = RunDirectory(args.run_dir).prepared_dir(args.prepared)
+    except RunDirectoryError as e:
+        raise CliError(str(e)) from None
 
     from disentangled_ml.evaluation.embedders import EvaluationError
     from disentangled_ml.evaluation.report import format_table

@@ -30,7 +30,7 @@ positive and a negative) is left out with a warning, and :func:`confoundedness`
 reports 0 for it.
 
 Pure numpy; the file is ``RUN_DIR/<split>_confounded_triplets.csv``
-(:func:`confounded_triplets_path`), with the columns of the random set plus
+(:meth:`~disentangled_ml.run_directory.RunDirectory.confounded_triplets_path`), with the columns of the random set plus
 ``positive_shared`` and ``negative_shared`` (how many of the anchor's other labels each
 shares), so it can be read with :func:`~disentangled_ml.data.eval_triplets.read_eval_triplets`.
 """
@@ -52,7 +52,7 @@ from disentangled_ml.data.manifest import Track
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONFOUNDED_COLUMNS", "EVAL_SEED_OFFSETS", "eval_seed", "confounded_triplets_path", "pair_relations",
+__all__ = ["CONFOUNDED_COLUMNS", "EVAL_SEED_OFFSETS", "eval_seed", "pair_relations",
            "shared_other_labels", "build_confounded_triplets", "write_confounded_triplets", "confoundedness"]
 
 #: The CSV's columns: those of the random evaluation triplets, then the confoundedness of each row.
@@ -65,11 +65,6 @@ _CHUNK = 256  # anchors whose pair relations to the whole split are held at once
 def eval_seed(config: Config, split: str) -> int:
     """The seed of a split's fixed evaluation triplets: ``data.seed + 1`` (validation) or ``+ 2`` (test)."""
     return int(config.data.seed) + EVAL_SEED_OFFSETS[split]
-
-
-def confounded_triplets_path(run_dir: str, split: str) -> str:
-    """``RUN_DIR/<split>_confounded_triplets.csv``, next to ``<split>_triplets.csv``."""
-    return os.path.join(run_dir, f"{split}_confounded_triplets.csv")
 
 
 def pair_relations(tables: LabelTables, condition: str, config: Config, a: np.ndarray,

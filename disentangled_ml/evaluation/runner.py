@@ -36,7 +36,6 @@ Baselines have no sub-spaces; they are scored on the whole vector.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import csv
 import logging
 import os
 from collections import OrderedDict
@@ -55,11 +54,12 @@ from disentangled_ml.evaluation.metrics import (
     class_pair_accuracy, disentanglement_matrix, mcnemar_test, relevance_matrix, retrieval_metrics, triplet_correct,
     wilson_interval,
 )
+from disentangled_ml.run_directory import RunDirectory, RunDirectoryError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EmbedderSpec", "DecodedAudio", "condition_views", "segment_starts", "evaluate", "evaluate_many",
-           "evaluate_run", "read_splits", "DEFAULT_SEGMENTS_PER_TRACK", "DEFAULT_K"]
+           "evaluate_run", "DEFAULT_SEGMENTS_PER_TRACK", "DEFAULT_K"]
 
 Embedder = Callable[[np.ndarray], np.ndarray]
 
@@ -629,17 +629,6 @@ def evaluate(embedder: Embedder, triplets: Sequence[Mapping[str, Any]], audio: M
     return evaluate_many([spec], triplets, audio, tracks, config, rows, **kwargs)
 
 
-def read_splits(path: str) -> Dict[str, str]:
-    """``RUN_DIR/splits.csv`` (``track_id,split``) as ``{track_id: split}``."""
-    if not os.path.isfile(path):
-        raise EvaluationError(f"{path} does not exist; is this a training run directory (dml train)?")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"track_id", "split"} <= set(reader.fieldnames):
-            raise EvaluationError(f"{path} must have columns track_id,split (has {reader.fieldnames}).")
-        return {row["track_id"]: row["split"] for row in reader}
-
-
 def _check_embedder(embedder: Embedder, config: Config, who: str, dim: Optional[int] = None) -> int:
     """Run one silent crop through ``embedder``; return its output dimension."""
     out = np.asarray(embedder(np.zeros((1, config.frontend.segment_samples), np.float32)))
@@ -739,10 +728,11 @@ def evaluate_run(run_dir: str, prepared_dir: str, split: str = "test", baselines
 
     if split not in ("test", "validation"):
         raise EvaluationError(f"split {split!r}: choose 'test' or 'validation'.")
-    if not os.path.isdir(run_dir):
-        raise EvaluationError(f"run directory {run_dir} does not exist.")
+    run = RunDirectory(run_dir)
     try:
-        config = Config.from_json(os.path.join(run_dir, "config.json"))
+        config = run.read_config()
+    except RunDirectoryError as e:
+        raise EvaluationError(str(e)) from None
     except ConfigError as e:
         raise EvaluationError(f"{e} Is {run_dir} a training run directory (dml train)?") from None
     try:
@@ -750,28 +740,31 @@ def evaluate_run(run_dir: str, prepared_dir: str, split: str = "test", baselines
         tables = LabelTables.from_tracks(tracks, config)
     except (ManifestError, LabelError) as e:
         raise EvaluationError(f"{e} (prepared collection {prepared_dir}; run dml prepare first)") from None
-    splits = read_splits(os.path.join(run_dir, "splits.csv"))
+    try:
+        splits = run.read_splits()
+    except RunDirectoryError as e:
+        raise EvaluationError(str(e)) from None
     rows = [i for i, t in enumerate(tracks) if splits.get(t.track_id) == split]
     wanted = sum(1 for s in splits.values() if s == split)
     if not rows:
-        raise EvaluationError(f"none of the {wanted} {split} track(s) of {run_dir}/splits.csv is in "
+        raise EvaluationError(f"none of the {wanted} {split} track(s) of {run.splits_path} is in "
                               f"{prepared_dir}/manifest.csv; give the prepared collection the run was trained on.")
     if len(rows) < wanted:
         log.warning("%d of the %d %s tracks in splits.csv are missing from the prepared manifest.",
                     wanted - len(rows), wanted, split)
-    triplet_path = os.path.join(run_dir, f"{split}_triplets.csv")
+    triplet_path = run.eval_triplets_path(split)
     if not os.path.isfile(triplet_path):
         raise EvaluationError(f"{triplet_path} does not exist; dml train writes the fixed {split} triplets there.")
     triplets = read_eval_triplets(triplet_path)
-    conf_triplets, conf_info = _confounded_set(run_dir, split, tracks, tables, rows, config) if confounded \
+    conf_triplets, conf_info = _confounded_set(run, split, tracks, tables, rows, config) if confounded \
         else (None, None)
 
     dim = config.conditions.embedding_dim
-    model_path = model_path or os.path.join(run_dir, "embedding.keras")
+    model_path = model_path or run.embedding_model_path
     embedder, kind, export_config = load_embedder(model_path, batch_size=batch_size, config=config)
     _check_embedder(embedder, config, f"model {model_path}", dim)
     try:
-        views, columns = _views_and_columns(ConditionViews.from_run_dir(run_dir, config))
+        views, columns = _views_and_columns(ConditionViews.from_run_dir(run, config))
     except ConditionViewsError as e:
         raise EvaluationError(str(e)) from None
     if kind == "saved_model":
@@ -811,16 +804,14 @@ def evaluate_run(run_dir: str, prepared_dir: str, split: str = "test", baselines
         "config_hash": config.hash(), "baselines": fit_info, **metrics,
     }
     if out_dir is None:
-        suffix = "" if model_path == os.path.join(run_dir, "embedding.keras") else \
-            "_" + os.path.basename(os.path.normpath(model_path)).replace(".keras", "")
-        out_dir = os.path.join(run_dir, f"eval_{split}{suffix}")
+        out_dir = run.eval_dir(split, model_path)
     paths = write_report(metrics, out_dir)
     if conf_info is not None:
         paths["confounded_triplets"] = conf_info["file"]
     return metrics, paths
 
 
-def _confounded_set(run_dir: str, split: str, tracks: Sequence[Track], tables: Any, rows: Sequence[int],
+def _confounded_set(run: RunDirectory, split: str, tracks: Sequence[Track], tables: Any, rows: Sequence[int],
                     config: Config) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """The split's confounded triplets: read ``RUN_DIR/<split>_confounded_triplets.csv``, or build and
     write it (seeded like the random set, :func:`~disentangled_ml.data.confounded_triplets.eval_seed`).
@@ -829,11 +820,10 @@ def _confounded_set(run_dir: str, split: str, tracks: Sequence[Track], tables: A
         ``(triplets, info)``: the rows, and ``{"file", "seed", "reused"}`` for ``metrics.json``.
         A run directory that cannot be written to gets a warning; the set is still scored.
     """
-    from disentangled_ml.data.confounded_triplets import (build_confounded_triplets, confounded_triplets_path,
-                                                          eval_seed, write_confounded_triplets)
+    from disentangled_ml.data.confounded_triplets import build_confounded_triplets, eval_seed, write_confounded_triplets
     from disentangled_ml.data.eval_triplets import read_eval_triplets
 
-    path = confounded_triplets_path(run_dir, split)
+    path = run.confounded_triplets_path(split)
     seed = eval_seed(config, split)
     info = {"file": os.path.abspath(path), "seed": seed, "reused": os.path.isfile(path)}
     if info["reused"]:

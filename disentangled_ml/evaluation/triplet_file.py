@@ -50,12 +50,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from disentangled_ml.condition_views import ConditionViews, ConditionViewsError
-from disentangled_ml.config import Config, ConfigError
+from disentangled_ml.config import ConfigError
 from disentangled_ml.data.eval_triplets import ROLES, waveform_crop
 from disentangled_ml.data.manifest import Track
 from disentangled_ml.evaluation.embedders import EvaluationError
 from disentangled_ml.evaluation.metrics import WHOLE, triplet_correct, wilson_interval
 from disentangled_ml.evaluation.runner import CropEmbeddings, DecodedAudio, EmbedderSpec, prefetched_audio
+from disentangled_ml.run_directory import RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -326,15 +327,16 @@ def load_triplet_model(directory: str, tflite: Optional[str] = None, batch_size:
     if tflite:
         raise EvaluationError(f"--tflite {tflite}: {directory} is not an export directory (no saved_model/); "
                               "TFLite files come with dml export.")
-    keras_file = os.path.join(directory, "embedding.keras")
+    run = RunDirectory(directory)
+    keras_file = run.embedding_model_path
     if not os.path.isfile(keras_file):
         raise EvaluationError(f"{directory} has neither embedding.keras (a training run directory, dml train) nor "
                               "saved_model/ (an export directory, dml export).")
     from disentangled_ml.evaluation.embedders import load_embedder
 
     try:
-        config = Config.from_json(os.path.join(directory, "config.json"))
-        views = ConditionViews.from_run_dir(directory, config)
+        config = run.read_config()
+        views = ConditionViews.from_run_dir(run, config)
     except ConfigError as e:  # ConditionViewsError is one
         raise EvaluationError(f"{directory}: {e}") from None
     embed, kind, _ = load_embedder(keras_file, batch_size=batch_size, config=config)

@@ -1,21 +1,10 @@
 """`dml train`: fit the masked triplet model on a prepared collection.
 
-A run directory holds everything needed to resume, evaluate and export::
-
-    RUN_DIR/
-      config.json                 the Config of the run (mel statistics filled in)
-      run.json                    prepared_dir, decode statistics, epochs, best score
-      splits.csv                  track_id -> train | validation | test
-      validation_triplets.csv     fixed evaluation triplets (rebuilt from data.seed)
-      test_triplets.csv
-      backup/                     BackupAndRestore state: a killed run resumes here
-      checkpoints/last.keras      the TripletModel after every epoch
-      checkpoints/distributed/    the multi-worker loop's resume state (instead of backup/)
-      best.keras                  the TripletModel with the best validation mean accuracy
-      masks.npy                   its condition mask matrix, float32 [conditions + 1, embedding_dim]
-      embedding.keras             waveform -> {"embedding"} model of the best weights
-      history.csv, training_curves.png
-      tensorboard/                scalars (train/, validation/) and projector/
+A run directory (``--out``) holds everything needed to resume, evaluate and export:
+config.json, splits.csv, the fixed validation/test triplets, checkpoints, best.keras,
+history.csv, tensorboard/, and when the run ends masks.npy, embedding.keras,
+training_curves.png and run.json. Its layout, file by file, is
+:class:`disentangled_ml.run_directory.RunDirectory`, which every stage reads it through.
 
 The schedule is ``train.lr_schedule``: by default Adam on a warm-up + cosine decay over
 ``train.epochs * train.steps_per_epoch`` steps; ``"plateau"`` is the paper's (Adam at

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from disentangled_ml.config import Config
 from disentangled_ml.data.pipeline import DecodeStats
+from disentangled_ml.run_directory import RunDirectory
 from disentangled_ml.training.history import MONITOR
 from disentangled_ml.training.replicas import AverageMovingStatistics
 
@@ -159,8 +160,8 @@ def run_callbacks(out_dir: str, config: Config, *, best: Optional[float] = None,
         verbose: the schedule's messages.
     """
     lr_logger, *schedule = schedule_callbacks(config, verbose)
-    ckpt_dir = os.path.join(out_dir, "checkpoints")
-    os.makedirs(ckpt_dir, exist_ok=True)
+    run = RunDirectory(out_dir)  # a worker's scratch folder has the run directory's layout
+    os.makedirs(run.checkpoints_dir, exist_ok=True)
     callbacks: List[keras.callbacks.Callback] = []
     if strategy is not None:
         callbacks.append(AverageMovingStatistics(strategy))
@@ -168,10 +169,10 @@ def run_callbacks(out_dir: str, config: Config, *, best: Optional[float] = None,
     if decode_stats is not None:
         callbacks.append(DecodeStatsLogger(decode_stats))
     callbacks += [
-        keras.callbacks.CSVLogger(os.path.join(out_dir, "history.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard"), update_freq="epoch", write_graph=write_graph),
-        AtomicCheckpoints(os.path.join(ckpt_dir, "last.keras"), os.path.join(out_dir, "best.keras"), best=best),
+        keras.callbacks.CSVLogger(run.history_path, append=True),
+        keras.callbacks.TensorBoard(run.tensorboard_dir, update_freq="epoch", write_graph=write_graph),
+        AtomicCheckpoints(run.last_checkpoint_path, run.best_model_path, best=best),
     ] + schedule
     if backup:
-        callbacks.append(AtomicBackupAndRestore(os.path.join(out_dir, "backup")))
+        callbacks.append(AtomicBackupAndRestore(run.backup_dir))
     return callbacks

@@ -76,6 +76,7 @@ import tensorflow as tf
 from disentangled_ml.config import Config, ConfigError
 from disentangled_ml.data.manifest import Track
 from disentangled_ml.data.pipeline import DecodeStats, resolve_cache
+from disentangled_ml.run_directory import RunDirectory
 from disentangled_ml.training.callbacks import run_callbacks
 from disentangled_ml.training.finish import finish_run
 from disentangled_ml.training.history import best_score, elapsed_seconds
@@ -319,16 +320,15 @@ def train_distributed(prepared_dir: str, run_dir: str, config: Optional[Config] 
     chief = is_chief(strategy)
     kind, index, cluster = _task(strategy)
     workers = max(1, sum(len(cluster.get(k, [])) for k in ("chief", "worker")))
-    work_dir = run_dir
+    run = work = RunDirectory(run_dir)
     if not chief:
         # The chief owns the run directory; this worker writes its copies (saving is a
-        # collective every worker joins) to a private folder, removed at the end.
-        work_dir = tempfile.mkdtemp(prefix=f"dml-{kind}-{index}-")
-        chief_config = os.path.join(run_dir, "config.json")
-        if os.path.isfile(chief_config):  # resuming: resolve the config as the chief does
-            shutil.copy(chief_config, os.path.join(work_dir, "config.json"))
+        # collective every worker joins) to a private folder with the same layout, removed at the end.
+        work = RunDirectory(tempfile.mkdtemp(prefix=f"dml-{kind}-{index}-"))
+        if os.path.isfile(run.config_path):  # resuming: resolve the config as the chief does
+            shutil.copy(run.config_path, work.config_path)
     try:
-        data = prepare_run(prepared_dir, work_dir, config, audio_dir=audio_dir)
+        data = prepare_run(prepared_dir, work.path, config, audio_dir=audio_dir)
         config = sync_config(strategy, data.config)
         data = dataclasses.replace(data, config=config)
         replicas = strategy.num_replicas_in_sync
@@ -357,17 +357,17 @@ def train_distributed(prepared_dir: str, run_dir: str, config: Optional[Config] 
         # Every worker saves (a collective), so every worker must take the same decisions: the
         # best score so far is the chief's, read from the run directory's history.
         best = float(from_first_replica(strategy, [_or_minus_inf(best_score(run_dir))])[0])
-        cbs = run_callbacks(work_dir, config, best=None if np.isinf(best) else best,
+        cbs = run_callbacks(work.path, config, best=None if np.isinf(best) else best,
                             elapsed_s=elapsed_seconds(run_dir), decode_stats=decode_stats, write_graph=False,
                             verbose=verbose if chief else 0) + list(callbacks)
-        ckpt_dir = os.path.join(work_dir, "checkpoints")
         val_steps = -(-len(val_triplets) // global_batch)
         history = fit_distributed(strategy, model, train_fn, config.train.epochs, config.train.steps_per_epoch,
-                                  val_fn, val_steps, cbs, checkpoint_dir=os.path.join(ckpt_dir, "distributed"),
-                                  restore_dir=os.path.join(run_dir, "checkpoints", "distributed"),
+                                  val_fn, val_steps, cbs,
+                                  checkpoint_dir=work.distributed_checkpoints_dir,
+                                  restore_dir=run.distributed_checkpoints_dir,
                                   verbose=verbose if chief else 0)
         summary: Dict[str, object] = {"replicas": replicas, "workers": workers, "chief": chief,
-                                      "tensorboard": os.path.join(run_dir, "tensorboard")}
+                                      "tensorboard": run.tensorboard_dir}
         if chief:
             summary = finish_run(prepared_dir, run_dir, data, model, len(history), decode_stats, extra=summary)
         # Nobody leaves before the chief has written the run: a worker exiting early
@@ -376,4 +376,4 @@ def train_distributed(prepared_dir: str, run_dir: str, config: Optional[Config] 
         return summary
     finally:
         if not chief:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            shutil.rmtree(work.path, ignore_errors=True)

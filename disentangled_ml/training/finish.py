@@ -6,7 +6,6 @@ runs it; the other workers write nothing to the run directory).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Dict, Optional, Sequence
@@ -17,6 +16,7 @@ import numpy as np
 from disentangled_ml.config import Config
 from disentangled_ml.data.manifest import Track
 from disentangled_ml.data.pipeline import DecodeStats
+from disentangled_ml.run_directory import RunDirectory
 from disentangled_ml.training.history import best_score, completed_epochs, elapsed_seconds, plot_history
 from disentangled_ml.training.run_setup import RunData
 
@@ -31,13 +31,14 @@ def save_run_model(run_dir: str, config: Config, model) -> keras.Model:
     """
     from disentangled_ml.models.embedding import add_frontend
 
-    os.makedirs(run_dir, exist_ok=True)
-    config.to_json(os.path.join(run_dir, "config.json"))
+    run = RunDirectory(run_dir)
+    os.makedirs(run.path, exist_ok=True)
+    config.to_json(run.config_path)
     # The mask matrix [C + 1, D] (fixed slices, learned CSN masks or all ones): evaluation and
     # search need it for learned masks, whose sub-spaces are not contiguous slices.
-    np.save(os.path.join(run_dir, "masks.npy"), keras.ops.convert_to_numpy(model.condition_masks.mask_matrix()))
+    np.save(run.masks_path, keras.ops.convert_to_numpy(model.condition_masks.mask_matrix()))
     waveform_model = add_frontend(config, model.embedding_model)
-    waveform_model.save(os.path.join(run_dir, "embedding.keras"))
+    waveform_model.save(run.embedding_model_path)
     return waveform_model
 
 
@@ -74,9 +75,9 @@ def write_validation_projector(run_dir: str, embedding_model: keras.Model, track
                          "tempo": "" if t.tempo is None else f"{t.tempo:.1f}"})
     emb = embedding_model.predict(np.stack(crops), batch_size=64, verbose=0)
     emb = emb["embedding"] if isinstance(emb, dict) else emb
-    out = os.path.join(run_dir, "tensorboard", "projector")
-    write_projector(out, emb, ConditionViews.from_run_dir(run_dir, config), meta)
-    return out
+    run = RunDirectory(run_dir)
+    write_projector(run.projector_dir, emb, ConditionViews.from_run_dir(run, config), meta)
+    return run.projector_dir
 
 
 
@@ -98,13 +99,13 @@ def finish_run(prepared_dir: str, run_dir: str, data: RunData, model: keras.Mode
         the summary, as written to ``RUN_DIR/run.json``.
     """
     config = data.config
-    best_path = os.path.join(run_dir, "best.keras")
-    if os.path.isfile(best_path):
-        model = keras.saving.load_model(best_path)
+    run = RunDirectory(run_dir)
+    if os.path.isfile(run.best_model_path):
+        model = keras.saving.load_model(run.best_model_path)
     waveform_model = save_run_model(run_dir, config, model)
     projector_dir = write_validation_projector(run_dir, waveform_model, data.tracks, data.splits["validation"], config,
                                                decoded=data.val_audio)
-    plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "training_curves.png"))
+    plot_history(run.history_path, run.curves_path)
     summary: Dict[str, object] = {
         "prepared_dir": os.path.abspath(prepared_dir),
         "config_hash": config.hash(),
@@ -113,10 +114,9 @@ def finish_run(prepared_dir: str, run_dir: str, data: RunData, model: keras.Mode
         "best_val_mean_acc": best_score(run_dir),
         "train_seconds": elapsed_seconds(run_dir),  # wall time of the epochs, validation included
         "decode": decode_stats.as_dict() if decode_stats is not None else None,  # None: counted on service workers
-        "tensorboard": os.path.join(run_dir, "tensorboard"),
+        "tensorboard": run.tensorboard_dir,
         "projector": projector_dir,
         **(extra or {}),
     }
-    with open(os.path.join(run_dir, "run.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    run.write_run_json(summary)
     return summary

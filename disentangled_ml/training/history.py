@@ -10,13 +10,15 @@ import csv
 import os
 from typing import Dict, List, Optional
 
+from disentangled_ml.run_directory import RunDirectory
+
 #: The epoch log that picks the best checkpoint and stops early: validation mean triplet accuracy.
 MONITOR = "val_mean_acc"
 
 
 def read_history(run_dir: str) -> List[Dict[str, str]]:
     """The rows of a run's history.csv, oldest first ([] for a new run; an interrupted epoch may repeat)."""
-    path = os.path.join(run_dir, "history.csv")
+    path = RunDirectory(run_dir).history_path
     if not os.path.isfile(path):
         return []
     with open(path) as f:

@@ -8,7 +8,6 @@ machine (:mod:`~disentangled_ml.training.single_machine`), the multi-worker loop
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import os
@@ -25,6 +24,7 @@ from disentangled_ml.data.manifest import Track, read_manifest
 from disentangled_ml.data.pipeline import DecodeStats, training_dataset
 from disentangled_ml.data.splits import SPLITS, split_tracks
 from disentangled_ml.features import filterbanks, log_mel
+from disentangled_ml.run_directory import RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -90,22 +90,13 @@ def eval_dataset(triplets: Sequence[dict], audio: Dict[str, np.ndarray], config:
 
 
 
-def _write_splits(path: str, tracks: Sequence[Track], splits: Dict[str, List[int]]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["track_id", "split"])
-        for name in SPLITS:
-            for r in splits[name]:
-                w.writerow([tracks[r].track_id, name])
-
-
 def resolve_config(run_dir: str, prepared_dir: str, user: Optional[Config]) -> Config:
     """The run's config: an existing run's saved one (resume), else the user's, else the prepared one.
 
     On resume only ``train.epochs`` may change (to extend a finished or stopped run);
     any other difference is ignored with a warning, so a resumed run stays the run it was.
     """
-    saved = os.path.join(run_dir, "config.json")
+    saved = RunDirectory(run_dir).config_path
     if os.path.isfile(saved):
         cfg = Config.from_json(saved)
         if user is None:
@@ -181,13 +172,14 @@ def prepare_run(prepared_dir: str, run_dir: str, config: Optional[Config] = None
     if not any(usable.values()) and config.data.track_triplet_ratio == 0:
         raise ConfigError("no condition can form triplets and data.track_triplet_ratio is 0: nothing to train.")
 
-    config_path = os.path.join(run_dir, "config.json")
+    run = RunDirectory(run_dir)
+    config_path = run.config_path
     counts = {name: len(tables.vocab[name]) for name in config.conditions.names if name in tables.vocab}
     if not os.path.isfile(config_path):
         stats = estimate_norm_stats(tracks, splits["train"], config, seed=config.data.seed)
         config = config.replace(**{f"frontend.{k}": v for k, v in stats.items()}, **{"conditions.class_counts": counts})
         config.to_json(config_path)
-        _write_splits(os.path.join(run_dir, "splits.csv"), tracks, splits)
+        run.write_splits({tracks[r].track_id: name for name in SPLITS for r in splits[name]})
     elif config.conditions.class_counts is not None and config.conditions.class_counts != counts:
         raise ConfigError(f"{run_dir} was started on a collection with {config.conditions.class_counts} classes per "
                           f"condition, and {prepared_dir} now has {counts}: the class proxies of the saved run do not "
@@ -198,7 +190,7 @@ def prepare_run(prepared_dir: str, run_dir: str, config: Optional[Config] = None
     # Fixed evaluation triplets: written once, rebuilt identically from data.seed.
     triplets = {}
     for name in ("validation", "test"):
-        path = os.path.join(run_dir, f"{name}_triplets.csv")
+        path = run.eval_triplets_path(name)
         if not os.path.isfile(path) and len(splits[name]) >= 2:
             write_eval_triplets(build_eval_triplets(tracks, tables, splits[name], config,
                                                     seed=config.data.seed + (1 if name == "validation" else 2)), path)

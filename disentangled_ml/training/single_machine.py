@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from disentangled_ml.config import Config
 from disentangled_ml.data.pipeline import DecodeStats
+from disentangled_ml.run_directory import RunDirectory
 from disentangled_ml.training.callbacks import run_callbacks
 from disentangled_ml.training.finish import finish_run
 from disentangled_ml.training.history import best_score, completed_epochs, elapsed_seconds
@@ -48,12 +49,11 @@ def train_single_machine(prepared_dir: str, run_dir: str, config: Optional[Confi
 
     # A run that finished (or stopped early) has no BackupAndRestore state left; rerunning it
     # continues from its last checkpoint when train.epochs was raised, and trains nothing otherwise.
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    run = RunDirectory(run_dir)
     done = completed_epochs(run_dir)
-    finished = done > 0 and not os.path.isdir(os.path.join(run_dir, "backup")) \
-        and os.path.isfile(os.path.join(ckpt_dir, "last.keras"))
+    finished = done > 0 and not os.path.isdir(run.backup_dir) and os.path.isfile(run.last_checkpoint_path)
     with strategy.scope():
-        model = keras.saving.load_model(os.path.join(ckpt_dir, "last.keras")) if finished \
+        model = keras.saving.load_model(run.last_checkpoint_path) if finished \
             else build_triplet_model(config)
     initial_epoch = done if finished else 0
     if finished and done >= config.train.epochs:
