@@ -293,6 +293,7 @@ def _jsonable(x):
 
 # ---------------------------------------------------------------- evaluate_run on a tiny run
 
+@pytest.mark.slow  # trains or evaluates a model end to end (pytest.ini)
 def test_evaluate_run_writes_confounded_entries_for_model_and_baselines(tmp_path):
     from disentangled_ml.data.eval_triplets import build_eval_triplets, write_eval_triplets
     from disentangled_ml.data.manifest import write_manifest

@@ -208,6 +208,7 @@ def trained():
     return cfg, model, val, before, history.history
 
 
+@pytest.mark.slow  # trains or evaluates a model end to end (pytest.ini)
 def test_fit_reduces_loss_and_beats_chance(trained):
     cfg, model, val, before, hist = trained
     names = [*cfg.conditions.names, "track"]
@@ -220,6 +221,7 @@ def test_fit_reduces_loss_and_beats_chance(trained):
     assert hist["val_mean_acc"][-1] == pytest.approx(np.mean(accs), abs=1e-6)
 
 
+@pytest.mark.slow  # trains or evaluates a model end to end (pytest.ini)
 def test_metrics_are_weighted_by_triplet_counts(trained):
     cfg, model, _, _, _ = trained
     data = toy_triplets(cfg, 40, 5)
@@ -234,6 +236,7 @@ def test_metrics_are_weighted_by_triplet_counts(trained):
     assert res["acc_mood"] == 0.0 and res["mean_acc"] == pytest.approx(res["acc_genre"], abs=1e-6)
 
 
+@pytest.mark.slow  # trains or evaluates a model end to end (pytest.ini)
 def test_predict_returns_anchor_embeddings(trained):
     cfg, model, val, _, _ = trained
     emb = model.predict(val, verbose=0)
@@ -245,6 +248,7 @@ def test_predict_returns_anchor_embeddings(trained):
         model.triplet_outputs({"anchor": mel})
 
 
+@pytest.mark.slow  # trains or evaluates a model end to end (pytest.ini)
 def test_saved_models_reload_without_custom_objects(trained, tmp_path):
     cfg, model, val, _, _ = trained
     mel = toy_triplets(cfg, 8, 3)["anchor"]

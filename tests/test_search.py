@@ -51,6 +51,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # its export_dir fixture converts a model (pytest.ini)
 def test_embed_folder_writes_catalogue_and_reports_skips(export_dir, audio_dir, tmp_path, capsys):
     from disentangled_ml.audio_io import load_audio
     from disentangled_ml.evaluation.embedders import SavedModelEmbedder
@@ -104,6 +105,7 @@ def test_embed_folder_writes_catalogue_and_reports_skips(export_dir, audio_dir, 
     np.testing.assert_allclose(vec, tracks[0], atol=1e-5)
 
 
+@pytest.mark.slow  # its export_dir fixture converts a model (pytest.ini)
 def test_embed_resumes_after_interruption(export_dir, audio_dir, tmp_path):
     from disentangled_ml.evaluation.embedders import SavedModelEmbedder
 

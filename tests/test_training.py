@@ -24,6 +24,7 @@ def prepared(tmp_path_factory):
     return prepared_dir, cfg
 
 
+@pytest.mark.slow  # trains or evaluates a model end to end (pytest.ini)
 def test_train_writes_run_and_projector(prepared, tmp_path):
     prepared_dir, cfg = prepared
     run = str(tmp_path / "run")

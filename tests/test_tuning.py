@@ -172,6 +172,7 @@ def _hparams_sessions(tensorboard_dir):
     return sessions, experiment
 
 
+@pytest.mark.slow  # trains or evaluates a model end to end (pytest.ini)
 def test_random_search_writes_results_and_best_config(prepared, tmp_path):
     from disentangled_ml.training import train
 
