@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -176,9 +177,6 @@ def triplet_accuracies(triplets: Sequence[Mapping[str, Any]], audio: Mapping[str
     """
     from disentangled_ml.data.eval_triplets import ROLES, distinct_segments, iter_segment_crops
     from disentangled_ml.evaluation.metrics import triplet_accuracy
-
-    from concurrent.futures import ThreadPoolExecutor
-
     from disentangled_ml.export.tflite import TFLiteEmbedder
 
     views = condition_views(config, masks)
@@ -275,9 +273,9 @@ def output_parity(run: Any, heads: Mapping[str, Mapping[str, Any]], saved_model_
         emb = tfl.TFLiteEmbedder(os.path.join(out_dir, v.filename), batch_size=batch_size, outputs="all")
         report[v.name] = {"file": v.filename, **compare(ref, emb.run(segments))}
         # One LiteRT thread each: triplet_accuracies runs the variants side by side, one a core,
-        # which scored 4 variants 1.8 times faster than one after the other with every core each
-        # (much of the frontend, the FFTs, runs on one thread anyway). Outputs do not depend on
-        # the thread count (measured).
+        # which scored 4 variants 1.5-1.8 times faster than one after the other with every core
+        # each (benchmarks/export_scoring.py; much of the frontend, the FFTs, runs on one thread
+        # anyway). Outputs do not depend on the thread count (measured).
         tfl_embedders[v.name] = tfl.TFLiteEmbedder(os.path.join(out_dir, v.filename), batch_size=batch_size,
                                                    num_threads=1)
     embedders = {"keras": keras_embed,

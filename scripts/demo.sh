@@ -41,7 +41,7 @@ with open(path, "w", newline="") as f:
 PY
 "$DML" prepare "$OUT/collection/manifest.csv" --out "$OUT/prepared"
 stage train
-# The demo's budget, measured (benchmarks/RESULTS.md, "The demo"): many short tracks rather than few
+# The demo's budget, measured (benchmarks/RESULTS.md, "The 0.8.1 demo"): many short tracks rather than few
 # long ones (what the network generalises from is the number of tracks; the audio to synthesise and
 # prepare is the same as 120 tracks of 25 s), and the default network at half its width, whose
 # steps take half the time, for 4 x 125 steps. The full default (width 32, 12 x 250 steps) takes
