@@ -76,3 +76,44 @@ def fit_probe(model, x, y_mood, y_inst, train_idx, held, frames: int, batch: int
                 f.write(json.dumps(rec) + "\n")
 
     model.fit(batches(), steps_per_epoch=250, epochs=max(1, steps // 250), verbose=0, callbacks=[Score()])
+
+
+def unit_profile(p):
+    """Pitch-class profiles ``[..., 12]`` minus their mean, divided by their length: what
+    :class:`~disentangled_ml.models.harmony.PitchClassProfile` outputs, in numpy."""
+    import numpy as np
+
+    p = p - p.mean(-1, keepdims=True)
+    return p / np.sqrt((p * p).sum(-1, keepdims=True) + 1e-6)
+
+
+def mode_probe_crops(collection: str, n_tracks: int, fe, crops_per_track: int = 4, seed: int = 0):
+    """The crops the mode probes score: ``crops_per_track`` random 3 s crops of each of the first
+    ``n_tracks`` tracks of a synthetic collection's manifest, in order, seeded.
+
+    Yields ``(track_index, major, pitch_bands)``: ``major`` is the track's mode (from its mood label,
+    :data:`disentangled_ml.synth.MOOD_FACTORS`), ``pitch_bands`` float32 ``[frames, n_pitch_bands]``, the
+    frontend's compressed pitch bands of the crop (the harmony branch's input).
+    """
+    import csv
+    import os
+
+    import librosa
+    import numpy as np
+    import soundfile as sf
+
+    from disentangled_ml.features import log_mel
+    from disentangled_ml.synth import MOOD_FACTORS
+
+    with open(os.path.join(collection, "manifest.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))[:n_tracks]
+    rng = np.random.default_rng(seed)
+    for i, r in enumerate(rows):
+        y, sr = sf.read(os.path.join(collection, r["path"]), dtype="float32", always_2d=True)
+        y = y.mean(1)
+        if sr != fe.sample_rate:
+            y = librosa.resample(y, orig_sr=sr, target_sr=fe.sample_rate)
+        major = MOOD_FACTORS[r["mood"]][0] == "major"
+        for _ in range(crops_per_track):
+            s = rng.integers(0, len(y) - fe.segment_samples)
+            yield i, major, log_mel(y[s:s + fe.segment_samples][None], fe).numpy()[0][:, fe.n_mels:]

@@ -20,21 +20,17 @@ against a major and a minor triad template in its best transposition, averaged o
 crop is right when the larger score is its track's mode. Four random crops a track, seed 0. A fixed
 probe, no training: a variant that does not raise it is not worth a full run.
 """
-import sys, csv, os, json, numpy as np, soundfile as sf, librosa, scipy.ndimage as ndi
+import sys, json, numpy as np, scipy.ndimage as ndi
+from _common import mode_probe_crops, unit_profile as norm  # benchmarks/ is the script's directory
 from disentangled_ml.config import Config
-from disentangled_ml.features import log_mel
 from disentangled_ml.models.harmony import PitchClassProfile
 from disentangled_ml.pitch_bands import log_filterbank
-from disentangled_ml.synth import MOOD_FACTORS
 coll, n_tracks = sys.argv[1], int(sys.argv[2])
 cfg = Config(); fe = cfg.frontend
 F = PitchClassProfile.from_frontend(fe)._folding  # [bands, 12]
 bank = log_filterbank(fe.sample_rate, fe.pitch_n_fft, fe.pitch_bands_per_octave, fe.pitch_fmin, fe.pitch_fmax)
 centre_hz = bank.argmax(0) * fe.sample_rate / fe.pitch_n_fft  # [bands]
-rows = list(csv.DictReader(open(f"{coll}/manifest.csv")))[:n_tracks]
 maj = np.zeros(12); maj[[0, 4, 7]] = 1; mi = np.zeros(12); mi[[0, 3, 7]] = 1
-def norm(p):
-    p = p - p.mean(-1, keepdims=True); return p / np.sqrt((p * p).sum(-1, keepdims=True) + 1e-6)
 def score(p, t):
     t = norm(t); rots = np.stack([np.roll(t, r) for r in range(12)]); return (p @ rots.T).max(-1)
 def band_range(lo, hi):
@@ -56,19 +52,13 @@ for lo, hi in ((110, 2100), (220, 2100), (65, 1050), (110, 1050)):
 variants["weighted"] = (lambda x: x, F, True)
 variants["fwhite13_relu_weighted"] = (lambda x: np.maximum(fwhite(x, 13), 0), F, True)
 variants["fwhite13_relu_min17"] = (lambda x: np.maximum(fwhite(ndi.minimum_filter1d(x, 17, axis=0, mode="nearest"), 13), 0), F, False)
-rng = np.random.default_rng(0); res = {k: [] for k in variants}
-for r in rows:
-    y, sr = sf.read(os.path.join(coll, r["path"]), dtype="float32", always_2d=True); y = y.mean(1)
-    if sr != fe.sample_rate: y = librosa.resample(y, orig_sr=sr, target_sr=fe.sample_rate)
-    major = MOOD_FACTORS[r["mood"]][0] == "major"
-    for _ in range(4):
-        s = rng.integers(0, len(y) - fe.segment_samples)
-        x = log_mel(y[s:s + fe.segment_samples][None], fe).numpy()[0][:, fe.n_mels:]  # [T, pitch bands], log
-        for name, (f, fold, weighted) in variants.items():
-            raw = f(x) @ fold
-            fr = norm(raw)
-            w = raw.std(-1) if weighted else np.ones(len(raw))
-            w = w / w.sum()
-            res[name].append(((score(fr, maj) * w).sum() > (score(fr, mi) * w).sum()) == major)
+res = {k: [] for k in variants}
+for _, major, x in mode_probe_crops(coll, n_tracks, fe):  # x: [T, pitch bands], log
+    for name, (f, fold, weighted) in variants.items():
+        raw = f(x) @ fold
+        fr = norm(raw)
+        w = raw.std(-1) if weighted else np.ones(len(raw))
+        w = w / w.sum()
+        res[name].append(((score(fr, maj) * w).sum() > (score(fr, mi) * w).sum()) == major)
 out = {k: float(np.mean(v)) for k, v in res.items()}
 print(json.dumps({"collection": coll, "crops": len(res["none"]), **out}))

@@ -15,15 +15,14 @@ so the figure is on tracks it never saw, as a test split is. A probe far above t
 the features hold more than the triads and the network has room to learn it; a probe at the fixed
 one's level says the 3 s crop's pitch classes are the limit.
 """
-import csv, json, os, sys
-import numpy as np, soundfile as sf, librosa
+import json, sys
+import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from _common import mode_probe_crops, unit_profile as norm  # benchmarks/ is the script's directory
 from disentangled_ml.config import Config
-from disentangled_ml.features import log_mel
 from disentangled_ml.models.harmony import PitchClassProfile
-from disentangled_ml.synth import MOOD_FACTORS
 
 coll = sys.argv[1]; n_tracks = int(sys.argv[2]) if len(sys.argv) > 2 else 400
 fe = Config().frontend
@@ -33,29 +32,19 @@ def tpl(*cls):
 TEMPLATES = {"major": tpl(0, 4, 7), "minor": tpl(0, 3, 7), "dim": tpl(0, 3, 6), "aug": tpl(0, 4, 8),
              "dom7": tpl(0, 4, 7, 10), "min7": tpl(0, 3, 7, 10), "major_scale": tpl(0, 2, 4, 5, 7, 9, 11),
              "harmonic_minor_scale": tpl(0, 2, 3, 5, 7, 8, 11)}
-def norm(p):
-    p = p - p.mean(-1, keepdims=True); return p / np.sqrt((p * p).sum(-1, keepdims=True) + 1e-6)
 ROT = {k: np.stack([np.roll(norm(t), r) for r in range(12)]) for k, t in TEMPLATES.items()}
-rows = list(csv.DictReader(open(f"{coll}/manifest.csv")))[:n_tracks]
-rng = np.random.default_rng(0)
 X, y, track, fixed = [], [], [], []
-for i, r in enumerate(rows):
-    wav, sr = sf.read(os.path.join(coll, r["path"]), dtype="float32", always_2d=True); wav = wav.mean(1)
-    if sr != fe.sample_rate: wav = librosa.resample(wav, orig_sr=sr, target_sr=fe.sample_rate)
-    major = MOOD_FACTORS[r["mood"]][0] == "major"
-    for _ in range(4):
-        s = rng.integers(0, len(wav) - fe.segment_samples)
-        bands = log_mel(wav[s:s + fe.segment_samples][None], fe).numpy()[0][:, fe.n_mels:]
-        prof = norm(bands @ F)  # [T, 12]
-        m = {k: (prof @ R.T).max(-1) for k, R in ROT.items()}  # [T] each
-        feats = []
-        for v in m.values():
-            top = np.sort(v)[-max(1, len(v) // 4):]
-            feats += [v.mean(), v.max(), top.mean()]
-        X.append(feats); y.append(major); track.append(i)
-        fixed.append((m["major"].mean() > m["minor"].mean()) == major)
+for i, major, bands in mode_probe_crops(coll, n_tracks, fe):
+    prof = norm(bands @ F)  # [T, 12]
+    m = {k: (prof @ R.T).max(-1) for k, R in ROT.items()}  # [T] each
+    feats = []
+    for v in m.values():
+        top = np.sort(v)[-max(1, len(v) // 4):]
+        feats += [v.mean(), v.max(), top.mean()]
+    X.append(feats); y.append(major); track.append(i)
+    fixed.append((m["major"].mean() > m["minor"].mean()) == major)
 X, y, track, fixed = np.array(X), np.array(y), np.array(track), np.array(fixed)
-test = track >= int(0.75 * len(rows))
+test = track >= int(0.75 * (track.max() + 1))
 clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0)).fit(X[~test], y[~test])
 learned = float((clf.predict(X[test]) == y[test]).mean())
 
