@@ -223,3 +223,18 @@ def test_a_collection_prepared_by_an_older_version_trains_todays_network_unless_
     explicit = cli_train.load_config(parser.parse_args([str(tmp_path), "--out", str(tmp_path / "run"),
                                                        "--config", str(path)]))
     assert explicit.model == then.model and explicit.model.timbre_filters == 0
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_cli_help_quotes_todays_training_defaults(command, capsys):
+    """`dml train --help` and `dml tune --help` quote TrainConfig's defaults, not numbers of an older version."""
+    from disentangled_ml.cli import main as dml_main
+    from disentangled_ml.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        dml_main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    train = TrainConfig()
+    assert f"train.epochs; default {train.epochs})" in text
+    assert f"train.steps_per_epoch; default {train.steps_per_epoch})" in text
+    assert f"train.batch_size; default {train.batch_size})" in text

@@ -9,21 +9,30 @@ import argparse
 import json
 
 from disentangled_ml.cli import CliError
+from disentangled_ml.config import TrainConfig
 
 __all__ = ["add_config_arguments", "parse_overrides", "load_config"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_help: str,
-                         epochs_help: str = "maximum epochs (train.epochs; default from the config: 100)") -> None:
-    """--config, --set, --epochs, --steps-per-epoch and --batch-size, read back by :func:`load_config`."""
+                         epochs_help: str = "maximum epochs (train.epochs{default})") -> None:
+    """--config, --set, --epochs, --steps-per-epoch and --batch-size, read back by :func:`load_config`.
+
+    ``epochs_help`` may hold ``{default}``, filled with today's default: the help quotes
+    :class:`~disentangled_ml.config.TrainConfig`, so it cannot fall behind it.
+    """
+    train = TrainConfig()
+    epochs_help = epochs_help.format(default=f"; default {train.epochs}")
     parser.add_argument("--config", metavar="CONFIG_JSON", help=config_help)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value, e.g. --set loss.margin=0.2 --set model.backbone=resnet "
                              "(repeatable; VALUE is parsed as JSON when it can be)")
     parser.add_argument("--epochs", type=int, help=epochs_help)
     parser.add_argument("--steps-per-epoch", type=int,
-                        help="training steps (batches of triplets) per epoch (train.steps_per_epoch; default 500)")
-    parser.add_argument("--batch-size", type=int, help="triplets per step (train.batch_size; default 32)")
+                        help="training steps (batches of triplets) per epoch "
+                             f"(train.steps_per_epoch; default {train.steps_per_epoch})")
+    parser.add_argument("--batch-size", type=int,
+                        help=f"triplets per step (train.batch_size; default {train.batch_size})")
 
 
 def parse_overrides(items, args=None):

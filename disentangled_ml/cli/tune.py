@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trials in total, counting those of an interrupted run (random and bayesian; "
                              "default 10; not with hyperband)")
     add_config_arguments(parser, "base config.json for everything not searched; default: PREPARED_DIR/config.json",
-                         epochs_help="epochs per trial (train.epochs; default from the config: 100); early "
+                         epochs_help="epochs per trial (train.epochs{default}); early "
                                      "stopping on val_mean_acc may end a trial sooner")
     parser.add_argument("--lambda-range", nargs=2, type=float, default=[0.01, 1.0], metavar=("MIN", "MAX"),
                         help="smallest and largest non-zero lambda (loss.track_weight, dimensionless, > 0); "
