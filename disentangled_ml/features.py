@@ -261,6 +261,11 @@ def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = N
         if d > 1:
             # the decimated signal's DFT is 1/d of the full-rate one's in the kept band
             pitch = pitch * float(d ** cfg.power)
+            # Frame t starts at decimated sample t * hop / d, the full-rate frame t's start, but the
+            # decimated signal keeps 1 + (n - 1) // d samples, which for lengths 3 samples or less
+            # short of a whole hop holds one more window than the full rate: that trailing frame
+            # has no mel frame beside it.
+            pitch = pitch[..., :tf.shape(s)[-2], :]
         s = tf.concat([s, pitch], axis=-1)
     # log10 via natural log: TFLite has LOG but no LOG10; log(1+x) rather than log1p,
     # which is not a builtin. Absolute error is ~1e-7, far below the parity tolerance.

@@ -333,3 +333,17 @@ def test_decimated_frontend_reloads_and_converts_to_tflite_builtins(tmp_path):
     out, ops = _run_tflite(_tflite(frontend, tmp_path, "dec"), x)
     np.testing.assert_allclose(out, frontend.predict(x, verbose=0), atol=1e-4, rtol=0)
     assert "CONV_2D" in ops and not any(op.startswith("FlexDelegate") or op == "CUSTOM" for op in ops)
+
+
+@pytest.mark.parametrize("extra", [0, 1, 508, 509, 510, 511])
+def test_decimated_pitch_bands_have_the_mel_frame_count_at_any_length(extra):
+    """A waveform of any length, not only a segment: the feature cache runs the frontend on whole
+    excerpts. At ``n_fft + k * hop + 509..511`` samples the decimated signal holds one window more
+    than the full-rate one; the pitch bands keep the mel bands' frames and match the full-rate ones."""
+    full = Config().frontend
+    dec = dataclasses.replace(full, pitch_decimation=4)
+    n = full.n_fft + 7 * full.hop_length + extra
+    x = synthetic_music(1.0, full.sample_rate)[:n][None]
+    a, b = log_mel(x, full).numpy(), log_mel(x, dec).numpy()
+    assert a.shape == b.shape == (1, 1 + (n - full.n_fft) // full.hop_length, full.n_bands)
+    assert np.abs(a - b).max() < 0.01
