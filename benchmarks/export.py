@@ -107,8 +107,10 @@ def _frontend_fn(fe, banks):
 def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
     """Single-thread LiteRT latency of the frontend alone, as float32 TFLite: as exported (trimmed
     filterbanks), with full filterbanks, without the pitch bands (the mel STFT alone: the pitch-band
-    STFT's share is the difference), and, for a full-rate config, with ``frontend.pitch_decimation``
-    4 (its largest difference from the exported frontend is ``max_abs_diff_vs_frontend``). Rows ``{"variant", "file",
+    STFT's share is the difference), and with the pitch STFT at the other rate: decimated by
+    :func:`~disentangled_ml.config.auto_pitch_decimation` for a full-rate config
+    (``frontend_pitch_decimated``), at the full rate for a decimated one (``frontend_pitch_full_rate``);
+    that row's largest difference from the exported frontend is ``max_abs_diff_vs_frontend``. Rows ``{"variant", "file",
     "size_bytes", "latency_ms_*"}``, the first with ``max_abs_diff_vs_full``; ``fe`` is a FrontendConfig."""
     import dataclasses
 
@@ -123,13 +125,17 @@ def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
     mel_only = dataclasses.replace(fe, pitch_bands_per_octave=0)
     full_pitch = pitch_filterbank(fe)
     if full_pitch is not None:  # every bin of the (possibly decimated) pitch STFT
-        full_pitch = full_pitch[:fe.pitch_n_fft // fe.pitch_decimation // 2 + 1]
+        full_pitch = full_pitch[:fe.pitch_n_fft // fe.pitch_decimation_factor // 2 + 1]
     variants = [("frontend", fe, filterbanks(fe)),
                 ("frontend_full_fb", fe, Filterbanks(mel_filterbank(fe), full_pitch, decimation=decimation_filter(fe))),
                 ("frontend_mel_only", mel_only, filterbanks(mel_only))]
-    if fe.pitch_bands_per_octave and fe.pitch_decimation == 1:
-        decimated = dataclasses.replace(fe, pitch_decimation=4)  # frontend.pitch_decimation's candidate value
-        variants.append(("frontend_pitch_decimated", decimated, filterbanks(decimated)))
+    if fe.pitch_bands_per_octave:
+        if fe.pitch_decimation_factor == 1:
+            other = ("frontend_pitch_decimated", dataclasses.replace(fe, pitch_decimation=None))  # the auto factor
+        else:
+            other = ("frontend_pitch_full_rate", dataclasses.replace(fe, pitch_decimation=1))
+        if other[1].pitch_decimation_factor != fe.pitch_decimation_factor:
+            variants.append((*other, filterbanks(other[1])))
     rows, outputs = [], {}
     for name, cfg, banks in variants:
         module = tf.Module()
@@ -146,7 +152,7 @@ def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
                      **_time(lambda: runner(audio=x), warmup, repeats)})
     rows[0]["max_abs_diff_vs_full"] = float(np.max(np.abs(outputs["frontend"] - outputs["frontend_full_fb"])))
     for r in rows:
-        if r["variant"] == "frontend_pitch_decimated":
+        if r["variant"] in ("frontend_pitch_decimated", "frontend_pitch_full_rate"):
             r["max_abs_diff_vs_frontend"] = float(np.max(np.abs(outputs["frontend"] - outputs[r["variant"]])))
     return rows
 

@@ -36,6 +36,30 @@ def _check(cond: bool, name: str, value: Any, expected: str) -> None:
         raise ConfigError(f"config value {name}={value!r} is invalid: expected {expected}.")
 
 
+#: The largest pitch-STFT decimation :func:`auto_pitch_decimation` picks: the factor the 0.9
+#: default was trained and measured with at 22,050 Hz.
+MAX_AUTO_PITCH_DECIMATION = 4
+
+
+def auto_pitch_decimation(sample_rate: int, pitch_n_fft: int, hop_length: int, pitch_fmax: float) -> int:
+    """The largest power of two ``d <= 4`` that decimates the pitch STFT safely, else 1.
+
+    ``d`` must divide ``pitch_n_fft`` and ``hop_length`` (the frames stay aligned), leave at
+    least 64 FFT points, and leave the anti-alias filter room: the lowest frequency that would
+    alias below ``pitch_fmax`` (``sample_rate / d - pitch_fmax``) must be at least
+    ``1.5 * pitch_fmax``, because a narrower transition band needs a far longer FIR. At the default
+    22,050 Hz and 2,100 Hz that band is 2,100-3,412 Hz and ``d`` is 4 (a 63-tap filter); at
+    16 kHz ``d`` is 2; at 8 kHz with 880 Hz, 2.
+    """
+    d = MAX_AUTO_PITCH_DECIMATION
+    while d > 1:
+        if (pitch_n_fft % d == 0 and hop_length % d == 0 and pitch_n_fft // d >= 64
+                and sample_rate / d - pitch_fmax >= 1.5 * pitch_fmax):
+            return d
+        d //= 2
+    return 1
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
     """Log-mel frontend (Park et al. 2018, as used by Lee et al. 2020).
@@ -70,9 +94,14 @@ class FrontendConfig:
     # Pitch-band STFT on a decimated signal: low-pass (a Kaiser FIR, at least 60 dB down where
     # an alias would land below pitch_fmax), keep every pitch_decimation-th sample, then a
     # pitch_n_fft / pitch_decimation-point STFT: the same window span and the same 5.4 Hz bins,
-    # a quarter of the FFT at 4. The 4096-point STFT is most of the exported frontend's time
-    # (benchmarks/RESULTS.md, "Export"). 1 = the full-rate STFT, which every trained model so far used.
-    pitch_decimation: int = 1
+    # a quarter of the FFT at 4. The full-rate 4096-point STFT was most of the exported
+    # frontend's time; at 4 the bands move by at most .0034 and both synthetic collections
+    # train to the same accuracies (benchmarks/RESULTS.md, "0.9"). None (the default) = the
+    # largest factor the other fields allow (:func:`auto_pitch_decimation`: 4 at 22,050 Hz,
+    # 2 at 16 kHz), so a user who changes the sample rate never meets a decimation error; an
+    # integer is used as given (1 = the full-rate STFT, what every version before 0.9
+    # computed; a config saved by one without the key gets 1).
+    pitch_decimation: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check(self.sample_rate >= 8000, "frontend.sample_rate", self.sample_rate, "an integer >= 8000 Hz")
@@ -97,7 +126,10 @@ class FrontendConfig:
             _check(0 < self.pitch_fmin < self.pitch_fmax <= self.sample_rate / 2, "frontend.pitch_fmin/pitch_fmax",
                    (self.pitch_fmin, self.pitch_fmax), "0 < pitch_fmin < pitch_fmax <= sample_rate/2 Hz")
             d = self.pitch_decimation
-            _check(isinstance(d, int) and d >= 1, "frontend.pitch_decimation", d, "an integer >= 1 (1 = no decimation)")
+            if d is None:  # auto: a factor that passes the checks below by construction
+                return
+            _check(isinstance(d, int) and d >= 1, "frontend.pitch_decimation", d,
+                   "an integer >= 1 (1 = no decimation) or null (the largest factor the sample rate allows)")
             if d > 1:
                 _check(self.pitch_n_fft % d == 0 and self.hop_length % d == 0 and (self.pitch_n_fft // d) >= 64,
                        "frontend.pitch_decimation", d,
@@ -105,6 +137,22 @@ class FrontendConfig:
                 _check(self.pitch_fmax < self.sample_rate / (2 * d), "frontend.pitch_decimation", d,
                        f"small enough that pitch_fmax ({self.pitch_fmax:g} Hz) stays below the decimated Nyquist "
                        f"frequency sample_rate / (2 * pitch_decimation)")
+
+    @property
+    def pitch_decimation_factor(self) -> int:
+        """The pitch STFT's decimation factor in use: ``pitch_decimation``, or when it is None
+        :func:`auto_pitch_decimation` of the other fields (1 without pitch bands)."""
+        if not self.pitch_bands_per_octave:
+            return 1
+        if self.pitch_decimation is not None:
+            return int(self.pitch_decimation)
+        return auto_pitch_decimation(self.sample_rate, self.pitch_n_fft, self.hop_length, self.pitch_fmax)
+
+    def resolved(self) -> "FrontendConfig":
+        """This config with ``pitch_decimation`` set to :attr:`pitch_decimation_factor`: what a saved
+        frontend layer records, and what two frontends are compared by (None and the factor it picks
+        compute the same bands)."""
+        return dataclasses.replace(self, pitch_decimation=self.pitch_decimation_factor)
 
     @property
     def segment_samples(self) -> int:
@@ -483,6 +531,7 @@ class Config:
         sections = {}
         legacy = saved_before(d.get("version"), PITCH_BANDS_SINCE)
         lean_legacy = saved_before(d.get("version"), LEAN_DEFAULTS_SINCE)
+        legacy_decimation = saved_before(d.get("version"), DECIMATED_PITCH_SINCE)
         for name, klass in _SECTIONS.items():
             values = dict(d.get(name, {}))
             if legacy and name == "frontend":
@@ -503,6 +552,9 @@ class Config:
                 # saved before the timbre branch and per-slice normalisation existed
                 values.setdefault("timbre_filters", 0)
                 values.setdefault("slice_norm", False)
+            if legacy_decimation and name == "frontend":
+                # saved before the decimated pitch STFT was the default: its models heard the full rate
+                values.setdefault("pitch_decimation", 1)
             if name == "loss" and saved_before(d.get("version"), CLASS_LOSS_SINCE):
                 # saved before the classification term existed
                 values.setdefault("class_weight", 0.0)
@@ -588,6 +640,9 @@ TIMBRE_SINCE = (0, 6)
 #: The version whose loss added the classification term (``loss.class_weight``); an older config
 #: without the key trained on triplets alone.
 CLASS_LOSS_SINCE = (0, 8)
+#: The version whose frontend computes the pitch bands on a decimated signal by default
+#: (``frontend.pitch_decimation`` 4); an older config without the key used the full rate.
+DECIMATED_PITCH_SINCE = (0, 9)
 _BEFORE_LEAN: Dict[str, Dict[str, Any]] = {
     "model": {"backbone": "inception", "onset_lags": 0},
     "train": {"lr_schedule": "plateau", "epochs": 100, "steps_per_epoch": 500},

@@ -105,7 +105,7 @@ def decimation_filter(cfg: FrontendConfig) -> Optional[np.ndarray]:
     Returns:
         float32 ``[taps]``, unit DC gain.
     """
-    d = cfg.pitch_decimation
+    d = cfg.pitch_decimation_factor
     if d <= 1 or not cfg.pitch_bands_per_octave:
         return None
     from scipy import signal  # lazy: construction only, like librosa above
@@ -156,8 +156,8 @@ def filterbanks(cfg: FrontendConfig, as_tensors: bool = False) -> Filterbanks:
     mel = mel[mel_bins[0]:mel_bins[1]]
     if pitch is not None:
         pitch = pitch[pitch_bins[0]:pitch_bins[1]]
-        if pitch_bins[1] > cfg.pitch_n_fft // cfg.pitch_decimation // 2 + 1:  # config validation should catch it
-            raise ConfigError(f"frontend.pitch_decimation={cfg.pitch_decimation}: the pitch bands reach FFT bin "
+        if pitch_bins[1] > cfg.pitch_n_fft // cfg.pitch_decimation_factor // 2 + 1:  # config validation should catch it
+            raise ConfigError(f"frontend.pitch_decimation={cfg.pitch_decimation_factor}: the pitch bands reach FFT bin "
                               f"{pitch_bins[1] - 1}, beyond the decimated STFT's last bin.")
     decimation = decimation_filter(cfg)
     if as_tensors:
@@ -250,7 +250,7 @@ def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = N
                              "build them with filterbanks(cfg).")
         half = (cfg.pitch_n_fft - cfg.n_fft) // 2
         padded = tf.pad(x, [[0, 0]] * (x.shape.rank - 1) + [[half, half]])
-        d = cfg.pitch_decimation
+        d = cfg.pitch_decimation_factor
         if d > 1:
             if banks.decimation is None:
                 raise ValueError("log_mel: the config decimates the pitch STFT but the filterbanks passed have no "
@@ -345,7 +345,7 @@ class LogMelSpectrogram(keras.layers.Layer):
                  hop_length: int = 512, n_mels: int = 128, fmin: float = 0.0, fmax: Optional[float] = None,
                  power: float = 2.0, log_multiplier: float = 10.0, norm_mean: float = 0.0, norm_std: float = 1.0,
                  pitch_bands_per_octave: int = 0, pitch_n_fft: int = 4096, pitch_fmin: float = 65.0,
-                 pitch_fmax: float = 2100.0, pitch_decimation: int = 1, add_channel_axis: bool = False,
+                 pitch_fmax: float = 2100.0, pitch_decimation: Optional[int] = 1, add_channel_axis: bool = False,
                  **kwargs: Any) -> None:
         kwargs.pop("dtype", None)  # always float32; see the class docstring
         super().__init__(dtype="float32", **kwargs)
@@ -355,7 +355,11 @@ class LogMelSpectrogram(keras.layers.Layer):
             fmax=None if fmax is None else float(fmax), power=float(power),
             log_multiplier=float(log_multiplier), norm_mean=float(norm_mean), norm_std=float(norm_std),
             pitch_bands_per_octave=int(pitch_bands_per_octave), pitch_n_fft=int(pitch_n_fft),
-            pitch_fmin=float(pitch_fmin), pitch_fmax=float(pitch_fmax), pitch_decimation=int(pitch_decimation))
+            pitch_fmin=float(pitch_fmin), pitch_fmax=float(pitch_fmax),
+            pitch_decimation=None if pitch_decimation is None else int(pitch_decimation))
+        # the factor in use, not None (auto): a saved layer keeps computing what it was trained on
+        # whatever a later version's auto rule picks
+        self.frontend = self.frontend.resolved()
         self.add_channel_axis = bool(add_channel_axis)
         self._banks = filterbanks(self.frontend)
         self.supports_masking = False

@@ -11,6 +11,7 @@ numpy only; TensorFlow is asked only for its version, when an export is made.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -91,13 +92,16 @@ def build_export_config(run: LoadedRun, *, signatures: Mapping[str, Any], files:
         "mask_mode": mode, "condition_outputs_note": CONDITION_OUTPUTS_NOTE[mode],
         # 1: the embedding has unit norm; G > 1: each of G equal slices has norm 1/sqrt(G) (model.slice_norm)
         "normalisation_groups": normalisation_groups(cfg),
-        "frontend": {**cfg.to_dict()["frontend"], "mel_fmax": fe.mel_fmax, "center": False,
+        # resolved: the pitch decimation factor in use, where the training config may say null (auto)
+        "frontend": {**dataclasses.asdict(fe.resolved()), "mel_fmax": fe.mel_fmax, "center": False,
                      "window": "hann (periodic)", "mel_scale": "slaney", "compression": "log10(1 + log_multiplier * S)",
                      "standardisation": "(x - norm_mean) / norm_std",
                      "pitch_filterbank": "madmom LogarithmicFilterbank (A4 = 440 Hz, unit-area triangles, merged "
                                          "duplicates) on a pitch_n_fft periodic-Hann STFT of the waveform zero-padded "
                                          "by (pitch_n_fft - n_fft) / 2 at each end, same hop; 0 bands per octave = "
-                                         "none"},
+                                         "none; pitch_decimation d > 1: that waveform low-passed (Kaiser FIR, 60 dB "
+                                         "down from sample_rate / d - pitch_fmax) and kept at every d-th sample, then "
+                                         "a pitch_n_fft / d STFT with hop / d, power times d ** power"},
         "model": {"name": wf.name, "backbone": cfg.model.backbone, "width": cfg.model.width,
                   "parameters": int(wf.count_params()), "source": run.model_path},
         "package": {"name": "disentangled_ml", "version": __version__},

@@ -98,10 +98,12 @@ def _split_waveform_model(keras, model) -> Tuple[Any, str]:
 
 
 def _check_frontend(config: Config, layer_frontend, where: str) -> None:
-    if layer_frontend != config.frontend:
-        diff = {f.name: (getattr(layer_frontend, f.name), getattr(config.frontend, f.name))
-                for f in dataclasses.fields(config.frontend)
-                if getattr(layer_frontend, f.name) != getattr(config.frontend, f.name)}
+    # resolved: the layer records the pitch decimation factor that config.json may leave to the auto rule
+    layer_frontend, config_frontend = layer_frontend.resolved(), config.frontend.resolved()
+    if layer_frontend != config_frontend:
+        diff = {f.name: (getattr(layer_frontend, f.name), getattr(config_frontend, f.name))
+                for f in dataclasses.fields(config_frontend)
+                if getattr(layer_frontend, f.name) != getattr(config_frontend, f.name)}
         raise ExportError(f"{where}: the model's log-mel frontend differs from config.json "
                           f"(field: (model, config) = {diff}); export the run with the config it was trained with.")
 

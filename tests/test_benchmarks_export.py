@@ -10,7 +10,9 @@ from collections_for_tests import tiny_config  # noqa: E402
 
 
 def test_frontend_latency_rows_compare_trimmed_and_full_filterbanks(tmp_path):
-    fe = tiny_config().frontend
+    import dataclasses
+
+    fe = dataclasses.replace(tiny_config().frontend, pitch_decimation=1)  # a full-rate config
     rows = export_bench.frontend_latency(fe, str(tmp_path), warmup=1, repeats=2)
     assert [r["variant"] for r in rows] == ["frontend", "frontend_full_fb", "frontend_mel_only",
                                             "frontend_pitch_decimated"]
@@ -25,14 +27,16 @@ def test_frontend_latency_rows_compare_trimmed_and_full_filterbanks(tmp_path):
 
 
 def test_frontend_latency_of_a_decimated_config_keeps_its_own_bins(tmp_path):
-    """A config that already decimates gets no second decimated row, and its full-filterbank row uses
-    the decimated STFT's bins (a full-rate matrix would not fit them)."""
-    import dataclasses
-
-    fe = dataclasses.replace(tiny_config().frontend, pitch_decimation=2)
+    """A config that decimates (the default: the tiny config's auto factor is 2) is compared with the
+    full-rate STFT, and its full-filterbank row uses the decimated STFT's bins (a full-rate matrix
+    would not fit them)."""
+    fe = tiny_config().frontend
+    assert fe.pitch_decimation is None and fe.pitch_decimation_factor == 2
     rows = export_bench.frontend_latency(fe, str(tmp_path), warmup=1, repeats=2)
-    assert [r["variant"] for r in rows] == ["frontend", "frontend_full_fb", "frontend_mel_only"]
+    assert [r["variant"] for r in rows] == ["frontend", "frontend_full_fb", "frontend_mel_only",
+                                            "frontend_pitch_full_rate"]
     assert rows[0]["max_abs_diff_vs_full"] < 1e-4
+    assert 0 < rows[3]["max_abs_diff_vs_frontend"] < 0.1
 
 
 def test_export_timing_reads_the_figures_the_export_writes():

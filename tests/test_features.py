@@ -15,7 +15,9 @@ from disentangled_ml.config import Config, ConfigError, FrontendConfig
 from disentangled_ml.features import (LogMelSpectrogram, filterbanks, log_mel, log_mel_librosa, mel_filterbank,
                                       pitch_filterbank)
 
-CFG = FrontendConfig()
+#: The full-rate frontend (``pitch_decimation`` 1): what librosa computes and the definition the
+#: default, decimated pitch STFT is held to (test_decimated_pitch_bands_match_the_full_rate_ones).
+CFG = FrontendConfig(pitch_decimation=1)
 # Max |tf - librosa| on the compressed scale. Both compute a float32 STFT of the same
 # frames with the same window and filterbank, so they agree to float32 round-off
 # (measured: ~5e-7); 1e-3 is the contract for downstream users.
@@ -76,7 +78,8 @@ def test_parity_with_librosa(kind):
 
 
 def test_parity_magnitude_and_normalisation():
-    cfg = FrontendConfig(power=1.0, n_mels=64, fmin=30.0, fmax=8000.0, norm_mean=1.5, norm_std=0.7)
+    cfg = FrontendConfig(power=1.0, n_mels=64, fmin=30.0, fmax=8000.0, norm_mean=1.5, norm_std=0.7,
+                         pitch_decimation=1)  # librosa computes the full-rate pitch STFT
     wave = synthetic_music(2.0, cfg.sample_rate, seed=3)
     ours = log_mel(wave, cfg).numpy()  # a 1-D waveform works too
     ref = log_mel_librosa(wave, cfg)
@@ -151,7 +154,9 @@ def test_serialisation_round_trip(tmp_path):
     json.dumps(config)  # plain JSON
     assert config["n_mels"] == 96 and config["add_channel_axis"] is True
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert isinstance(clone, LogMelSpectrogram) and clone.frontend == cfg and clone.name == "mel"
+    # the layer records the pitch decimation factor in use, not None (auto)
+    assert isinstance(clone, LogMelSpectrogram) and clone.frontend == cfg.resolved() and clone.name == "mel"
+    assert cfg.pitch_decimation is None and config["pitch_decimation"] == clone.frontend.pitch_decimation == 4
     wave = white_noise(1.0, cfg.sample_rate)[None]
     np.testing.assert_array_equal(clone(wave).numpy(), layer(wave).numpy())
 
@@ -263,6 +268,10 @@ def test_configs_saved_before_pitch_bands_keep_the_mel_frontend():
     assert old.frontend.pitch_bands_per_octave == 0 and old.frontend.n_bands == 128
     assert Config.from_dict({"frontend": {"n_mels": 128}}).frontend.pitch_bands_per_octave == 24  # written by hand
     assert Config.from_dict(Config().to_dict()).frontend == Config().frontend  # saved by this version
+    # 0.9 made the decimated pitch STFT the default; a config saved before without the key kept the full rate
+    assert Config().frontend.pitch_decimation is None and Config().frontend.pitch_decimation_factor == 4
+    assert Config.from_dict({"version": "0.5.0", "frontend": {"n_mels": 128}}).frontend.pitch_decimation == 1
+    assert Config.from_dict({"version": "0.8.1", "frontend": {"pitch_decimation": 4}}).frontend.pitch_decimation == 4
     layer_config = LogMelSpectrogram.from_frontend(CFG).get_config()
     for k in ("pitch_bands_per_octave", "pitch_n_fft", "pitch_fmin", "pitch_fmax"):
         layer_config.pop(k)
@@ -291,7 +300,7 @@ def test_decimated_pitch_bands_match_the_full_rate_ones():
     """frontend.pitch_decimation=4: low-pass, every 4th sample, a 1024-point STFT. The mel bands are
     untouched and the pitch bands stay within a few thousandths of the full-rate 4096-point ones (the
     anti-alias filter's ripple; the bands' std is about 1): a model trained on either hears the same."""
-    full = Config().frontend
+    full = dataclasses.replace(Config().frontend, pitch_decimation=1)
     dec = dataclasses.replace(full, pitch_decimation=4)
     x = np.stack([synthetic_music(3.0, full.sample_rate), white_noise(3.0, full.sample_rate)])
     a, b = log_mel(x, full).numpy(), log_mel(x, dec).numpy()
@@ -340,10 +349,32 @@ def test_decimated_pitch_bands_have_the_mel_frame_count_at_any_length(extra):
     """A waveform of any length, not only a segment: the feature cache runs the frontend on whole
     excerpts. At ``n_fft + k * hop + 509..511`` samples the decimated signal holds one window more
     than the full-rate one; the pitch bands keep the mel bands' frames and match the full-rate ones."""
-    full = Config().frontend
+    full = dataclasses.replace(Config().frontend, pitch_decimation=1)
     dec = dataclasses.replace(full, pitch_decimation=4)
     n = full.n_fft + 7 * full.hop_length + extra
     x = synthetic_music(1.0, full.sample_rate)[:n][None]
     a, b = log_mel(x, full).numpy(), log_mel(x, dec).numpy()
     assert a.shape == b.shape == (1, 1 + (n - full.n_fft) // full.hop_length, full.n_bands)
     assert np.abs(a - b).max() < 0.01
+
+
+@pytest.mark.parametrize("fields, factor", [
+    ({}, 4),  # 22,050 Hz, pitch bands up to 2,100 Hz: aliases from 3,412 Hz
+    ({"sample_rate": 16000}, 2),  # at 4, aliases would start at 1,900 Hz, inside the bands
+    ({"sample_rate": 44100}, 4),  # never more than the factor the default was trained with
+    ({"pitch_fmax": 5000.0}, 1),  # bands up to 5 kHz leave no room at 22,050 Hz
+    ({"pitch_bands_per_octave": 0}, 1),  # no pitch STFT at all
+    ({"pitch_n_fft": 1024, "hop_length": 256, "sample_rate": 16000}, 2),
+])
+def test_auto_pitch_decimation_picks_the_largest_safe_factor(fields, factor):
+    """``pitch_decimation`` None (the default) never makes a config invalid: a user who changes the
+    sample rate or the band range gets a smaller factor, not a decimation error."""
+    cfg = FrontendConfig(**fields)
+    assert cfg.pitch_decimation is None and cfg.pitch_decimation_factor == factor
+    banks = filterbanks(cfg)  # builds: the bands fit the decimated STFT
+    assert (banks.decimation is None) == (factor == 1)
+    assert log_mel(np.zeros((1, cfg.segment_samples), np.float32), cfg, banks).shape[-2:] == (cfg.num_frames,
+                                                                                           cfg.n_bands)
+    # an explicit factor is the user's and is validated as given
+    with pytest.raises(ConfigError, match="pitch_decimation"):
+        FrontendConfig(**{**fields, "pitch_bands_per_octave": 24, "pitch_decimation": 3})  # divides no FFT
