@@ -15,7 +15,10 @@ The frontend alone (waveform -> log-mel and pitch bands, float32 TFLite, the sam
 ``disentangled_ml.features.log_mel`` the exports carry) is timed the same way twice:
 with the filterbanks trimmed to the FFT bins they weight (what every export uses since
 0.4) and with the full matrices (0.3's frontend, the reference), so the share of the
-frontend in a variant's latency is measured, not inferred.
+frontend in a variant's latency is measured, not inferred. The parts are then timed one by
+one (:func:`stage_latency`): the network alone from log-mel patches (float32 and int8), the
+mel STFT, and the pitch bands' decimation as exported (polyphase) beside the 0.9.0 strided
+convolution it replaced.
 
 Without ``--run`` the script builds an untrained model of the default ``Config()``
 (the default network, 22,050 Hz, 3 s) and exports it with synthetic calibration
@@ -157,6 +160,75 @@ def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
     return rows
 
 
+def _decimate_strided(x, fir, factor: int):
+    """The 0.9.0 decimation, the reference ``frontend_decimate_polyphase`` is timed against: the
+    centred FIR as one strided ``conv1d`` over a single channel (same outputs as
+    ``disentangled_ml.features._decimate``, tests/test_features.py)."""
+    import tensorflow as tf
+
+    k = (int(fir.shape[0]) - 1) // 2
+    flat = tf.pad(tf.reshape(x, [-1, tf.shape(x)[-1], 1]), [[0, 0], [k, k], [0, 0]])
+    return tf.reshape(tf.nn.conv1d(flat, fir[:, None, None], stride=factor, padding="VALID"), [tf.shape(x)[0], -1])
+
+
+def stage_latency(fe, export_dir: str, work: str, warmup: int = 3, repeats: int = 30) -> list:
+    """Single-thread LiteRT latency of the parts of an export, each converted on its own, so the
+    budget of a segment is measured part by part: ``network_float32`` / ``network_int8`` (the
+    export's ``log_mel`` signature, the network after the frontend, float32 and dynamic-range
+    int8), ``stage_mel_stft`` (framing, Hann window, 1024-point RFFT, power: the mel bands'
+    spectrum before the filterbank), and for a decimated config ``stage_decimate_polyphase``
+    (the anti-alias FIR and the every-d-th-sample pick, as exported) beside
+    ``stage_decimate_strided`` (the 0.9.0 single-channel strided convolution, the reference;
+    its largest difference from the polyphase output is ``max_abs_diff_vs_polyphase``)."""
+    import tensorflow as tf
+
+    from disentangled_ml.export.tflite import open_interpreter
+    from disentangled_ml.features import _decimate, _power_spectrogram, filterbanks
+
+    seg = fe.segment_samples
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.5, 0.5, (1, seg)).astype(np.float32)
+    rows, outputs = [], {}
+    saved = os.path.join(export_dir, "saved_model")
+    spec = tf.saved_model.load(saved).signatures["log_mel"].structured_input_signature[1]
+    (feed_name, feed_spec), = spec.items()
+    patch = rng.normal(size=[1 if d is None else d for d in feed_spec.shape]).astype(np.float32)
+    for name, quantise in (("network_float32", False), ("network_int8", True)):
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["log_mel"])
+        if quantise:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        path = os.path.join(work, name + ".tflite")
+        with open(path, "wb") as f:
+            f.write(converter.convert())
+        runner = open_interpreter(path, num_threads=1).get_signature_runner("log_mel")
+        rows.append({"variant": name, "file": f"{name}.tflite (benchmark only)", "size_bytes": os.path.getsize(path),
+                     **_time(lambda: runner(**{feed_name: patch}), warmup, repeats)})
+    banks = filterbanks(fe)
+    stages = [("stage_mel_stft", lambda a: _power_spectrogram(a, fe.n_fft, fe.hop_length, fe.power, banks.mel_bins))]
+    d = fe.pitch_decimation_factor
+    if banks.decimation is not None:
+        fir = tf.constant(banks.decimation)
+        stages += [("stage_decimate_polyphase", lambda a: _decimate(a, fir, d)),
+                   ("stage_decimate_strided", lambda a: _decimate_strided(a, fir, d))]
+    for name, fn in stages:
+        module = tf.Module()
+        module.serve = tf.function((lambda f: lambda a: {"y": f(a)})(fn),
+                                   input_signature=[tf.TensorSpec([1, seg], tf.float32, name="audio")])
+        folder = os.path.join(work, name)
+        tf.saved_model.save(module, folder, signatures={"serving_default": module.serve})
+        path = folder + ".tflite"
+        with open(path, "wb") as f:
+            f.write(tf.lite.TFLiteConverter.from_saved_model(folder).convert())
+        runner = open_interpreter(path, num_threads=1).get_signature_runner()
+        outputs[name] = runner(audio=x)["y"]
+        rows.append({"variant": name, "file": f"{name}.tflite (benchmark only)", "size_bytes": os.path.getsize(path),
+                     **_time(lambda: runner(audio=x), warmup, repeats)})
+    if "stage_decimate_strided" in outputs:
+        rows[-1]["max_abs_diff_vs_polyphase"] = float(np.max(np.abs(outputs["stage_decimate_strided"]
+                                                                    - outputs["stage_decimate_polyphase"])))
+    return rows
+
+
 def untrained_int8(cfg, work: str, warmup: int = 3, repeats: int = 30, parity_segments: int = 4) -> dict:
     """Size and single-thread latency of the dynamic-range int8 TFLite (``model_int8.tflite``) of an
     untrained model of ``cfg``, exported under ``work`` with synthetic audio (no int8_full variant).
@@ -273,6 +345,7 @@ def main(argv=None) -> int:
                          **_time(lambda: runner(audio=x), args.warmup, args.repeats),
                          **{k: parity["variants"][v.name][k] for k in ("max_abs_diff", "min_cosine")}})
         rows += frontend_latency(config_frontend(run), work, args.warmup, args.repeats)
+        rows += stage_latency(config_frontend(run), export_dir, work, args.warmup, args.repeats)
         keras_ms = rows[0]["latency_ms_median"]
         for r in rows:
             r["speedup_vs_keras"] = keras_ms / r["latency_ms_median"]

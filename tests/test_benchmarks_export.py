@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import export as export_bench  # noqa: E402
 
@@ -54,3 +56,25 @@ def test_export_timing_reads_the_figures_the_export_writes():
     # An export without test triplets (synthetic audio) has no scoring line.
     bare = export_bench.export_timing({"timing": parity["timing"], "triplet_accuracy": {"skipped": "..."}})
     assert "triplet_scoring_s" not in bare and "\n" not in export_bench.format_export_timing(bare, 13.0)
+
+
+@pytest.mark.slow  # an export and seven conversions
+def test_stage_latency_times_the_network_and_the_frontend_parts(tmp_path):
+    """The network alone (the export's log_mel signature) in float32 and int8, the mel STFT, and the
+    decimation as exported beside the 0.9.0 strided convolution, which gives the same samples."""
+    from disentangled_ml.config import Config
+    from disentangled_ml.export import export_run, tflite
+    from test_export import make_run
+
+    run, _ = make_run(str(tmp_path), with_audio=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tflite, "VARIANTS", tuple(v for v in tflite.VARIANTS if v.name == "float32"))
+        export_run(run, str(tmp_path / "export"), int8_full=False, parity_segments=2)
+    fe = Config.from_json(os.path.join(run, "config.json")).frontend
+    assert fe.pitch_decimation_factor == 2
+    rows = export_bench.stage_latency(fe, str(tmp_path / "export"), str(tmp_path), warmup=1, repeats=2)
+    assert [r["variant"] for r in rows] == ["network_float32", "network_int8", "stage_mel_stft",
+                                            "stage_decimate_polyphase", "stage_decimate_strided"]
+    assert all(r["latency_ms_median"] > 0 for r in rows)
+    assert rows[1]["size_bytes"] < rows[0]["size_bytes"]  # int8 weights
+    assert rows[-1]["max_abs_diff_vs_polyphase"] < 1e-5

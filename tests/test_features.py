@@ -319,6 +319,31 @@ def test_decimated_pitch_bands_match_the_full_rate_ones():
     assert np.abs(a[..., full.n_mels:] - c[..., full.n_mels:]).max() > 0.5
 
 
+@pytest.mark.parametrize("factor, taps", [(4, 63), (2, 31), (4, 1), (4, 3), (2, 5)])
+@pytest.mark.parametrize("n", [1, 4, 61, 64, 1001])
+def test_polyphase_decimation_is_the_strided_fir(factor, taps, n):
+    """``_decimate`` (polyphase: blocks as channels, one stride-1 convolution) gives the outputs of
+    the centred FIR kept at every ``factor``-th sample, computed here directly in numpy, for any
+    length, odd filter lengths shorter or longer than the factor, and any leading axes."""
+    from disentangled_ml.features import _decimate
+
+    rng = np.random.default_rng(n + 10 * taps)
+    fir = rng.normal(size=taps).astype(np.float32)
+    fir = (fir + fir[::-1]) / 2  # symmetric, as the designed low-pass is
+    x = rng.normal(size=(2, 3, n)).astype(np.float32)
+    k = (taps - 1) // 2
+    padded = np.pad(x.astype(np.float64), [(0, 0), (0, 0), (k, k)])
+    want = np.stack([padded[..., m * factor:m * factor + taps] @ fir.astype(np.float64)
+                     for m in range(1 + (n - 1) // factor)], axis=-1)
+    got = _decimate(tf.constant(x), tf.constant(fir), factor).numpy()
+    assert got.shape == (2, 3, 1 + (n - 1) // factor)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # a waveform of unknown length, as the feature cache and the Keras layer trace it
+    traced = tf.function(lambda w: _decimate(w, tf.constant(fir), factor),
+                         input_signature=[tf.TensorSpec([None, None], tf.float32)])
+    np.testing.assert_allclose(traced(x[0]).numpy(), want[0], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kwargs, why", [
     ({"pitch_decimation": 0}, "integer >= 1"),
     ({"pitch_decimation": 3}, "divisor"),  # 4096 % 3
