@@ -161,7 +161,7 @@ def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
 
 
 def _decimate_strided(x, fir, factor: int):
-    """The 0.9.0 decimation, the reference ``frontend_decimate_polyphase`` is timed against: the
+    """The 0.9.0 decimation, the reference ``stage_decimate_polyphase`` is timed against: the
     centred FIR as one strided ``conv1d`` over a single channel (same outputs as
     ``disentangled_ml.features._decimate``, tests/test_features.py)."""
     import tensorflow as tf
