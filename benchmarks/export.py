@@ -98,13 +98,27 @@ def tflite_latency(path: str, segment_samples: int, warmup: int = 3, repeats: in
     return _time(lambda: runner(audio=x), warmup, repeats)
 
 
-def _frontend_fn(fe, banks):
-    from disentangled_ml.features import log_mel
+def _waveform_tflite(name: str, fn, x: np.ndarray, work: str, warmup: int, repeats: int):
+    """``fn`` (a float32 ``[1, samples]`` waveform -> one tensor, in TF ops) as a float32 TFLite file
+    ``work/name.tflite``, run once on ``x`` and timed on one LiteRT thread. Returns ``(row, output)``:
+    the row ``{"variant", "file", "size_bytes", "latency_ms_*"}`` and the output as numpy."""
+    import tensorflow as tf
 
-    def frontend(audio):
-        return {"log_mel": log_mel(audio, fe, banks)}
+    from disentangled_ml.export.tflite import open_interpreter
 
-    return frontend
+    module = tf.Module()
+    module.serve = tf.function(lambda audio: {"y": fn(audio)},
+                               input_signature=[tf.TensorSpec(x.shape, tf.float32, name="audio")])
+    saved = os.path.join(work, name)
+    tf.saved_model.save(module, saved, signatures={"serving_default": module.serve})
+    path = saved + ".tflite"
+    with open(path, "wb") as f:
+        f.write(tf.lite.TFLiteConverter.from_saved_model(saved).convert())
+    runner = open_interpreter(path, num_threads=1).get_signature_runner()
+    output = runner(audio=x)["y"]
+    row = {"variant": name, "file": f"{name}.tflite (benchmark only)", "size_bytes": os.path.getsize(path),
+           **_time(lambda: runner(audio=x), warmup, repeats)}
+    return row, output
 
 
 def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
@@ -117,10 +131,7 @@ def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
     "size_bytes", "latency_ms_*"}``, the first with ``max_abs_diff_vs_full``; ``fe`` is a FrontendConfig."""
     import dataclasses
 
-    import tensorflow as tf
-
-    from disentangled_ml.export.tflite import open_interpreter
-    from disentangled_ml.features import (Filterbanks, decimation_filter, filterbanks, mel_filterbank,
+    from disentangled_ml.features import (Filterbanks, decimation_filter, filterbanks, log_mel, mel_filterbank,
                                           pitch_filterbank)
 
     seg = fe.segment_samples
@@ -141,18 +152,9 @@ def frontend_latency(fe, work: str, warmup: int = 3, repeats: int = 30) -> list:
             variants.append((*other, filterbanks(other[1])))
     rows, outputs = [], {}
     for name, cfg, banks in variants:
-        module = tf.Module()
-        module.serve = tf.function(_frontend_fn(cfg, banks),
-                                   input_signature=[tf.TensorSpec([1, seg], tf.float32, name="audio")])
-        saved = os.path.join(work, name)
-        tf.saved_model.save(module, saved, signatures={"serving_default": module.serve})
-        path = saved + ".tflite"
-        with open(path, "wb") as f:
-            f.write(tf.lite.TFLiteConverter.from_saved_model(saved).convert())
-        runner = open_interpreter(path, num_threads=1).get_signature_runner()
-        outputs[name] = runner(audio=x)["log_mel"]
-        rows.append({"variant": name, "file": f"{name}.tflite (benchmark only)", "size_bytes": os.path.getsize(path),
-                     **_time(lambda: runner(audio=x), warmup, repeats)})
+        row, outputs[name] = _waveform_tflite(name, (lambda c, b: lambda a: log_mel(a, c, b))(cfg, banks), x, work,
+                                              warmup, repeats)
+        rows.append(row)
     rows[0]["max_abs_diff_vs_full"] = float(np.max(np.abs(outputs["frontend"] - outputs["frontend_full_fb"])))
     for r in rows:
         if r["variant"] in ("frontend_pitch_decimated", "frontend_pitch_full_rate"):
@@ -211,18 +213,8 @@ def stage_latency(fe, export_dir: str, work: str, warmup: int = 3, repeats: int 
         stages += [("stage_decimate_polyphase", lambda a: _decimate(a, fir, d)),
                    ("stage_decimate_strided", lambda a: _decimate_strided(a, fir, d))]
     for name, fn in stages:
-        module = tf.Module()
-        module.serve = tf.function((lambda f: lambda a: {"y": f(a)})(fn),
-                                   input_signature=[tf.TensorSpec([1, seg], tf.float32, name="audio")])
-        folder = os.path.join(work, name)
-        tf.saved_model.save(module, folder, signatures={"serving_default": module.serve})
-        path = folder + ".tflite"
-        with open(path, "wb") as f:
-            f.write(tf.lite.TFLiteConverter.from_saved_model(folder).convert())
-        runner = open_interpreter(path, num_threads=1).get_signature_runner()
-        outputs[name] = runner(audio=x)["y"]
-        rows.append({"variant": name, "file": f"{name}.tflite (benchmark only)", "size_bytes": os.path.getsize(path),
-                     **_time(lambda: runner(audio=x), warmup, repeats)})
+        row, outputs[name] = _waveform_tflite(name, fn, x, work, warmup, repeats)
+        rows.append(row)
     if "stage_decimate_strided" in outputs:
         rows[-1]["max_abs_diff_vs_polyphase"] = float(np.max(np.abs(outputs["stage_decimate_strided"]
                                                                     - outputs["stage_decimate_polyphase"])))
