@@ -17,8 +17,8 @@ with the filterbanks trimmed to the FFT bins they weight (what every export uses
 0.4) and with the full matrices (0.3's frontend, the reference), so the share of the
 frontend in a variant's latency is measured, not inferred. The parts are then timed one by
 one (:func:`stage_latency`): the network alone from log-mel patches (float32 and int8), the
-mel STFT, and the pitch bands' decimation as exported (polyphase) beside the 0.9.0 strided
-convolution it replaced.
+mel spectrum as exported (a factorised DFT in matmuls) beside 0.9.1's RFFT, and the pitch
+bands' decimation as exported (polyphase) beside the 0.9.0 strided convolution.
 
 Without ``--run`` the script builds an untrained model of the default ``Config()``
 (the default network, 22,050 Hz, 3 s) and exports it with synthetic calibration
@@ -173,19 +173,37 @@ def _decimate_strided(x, fir, factor: int):
     return tf.reshape(tf.nn.conv1d(flat, fir[:, None, None], stride=factor, padding="VALID"), [tf.shape(x)[0], -1])
 
 
+def _mel_power_rfft(x, fe, banks):
+    """The 0.9.1 mel spectrum, the reference ``stage_mel_stft`` is timed against: ``tf.signal.rfft``
+    of the windowed frames (LiteRT's RFFT2D kernel), ``|X|^2`` of the bins the filterbank
+    weights, times the trimmed filterbank (same values as ``disentangled_ml.features._filtered_power``
+    to float32 rounding, tests/test_features.py)."""
+    import tensorflow as tf
+
+    from disentangled_ml.features import _frames
+
+    spec = tf.signal.rfft(_frames(x, fe.n_fft, fe.hop_length), fft_length=[fe.n_fft])
+    lo, hi = banks.mel_bins
+    re, im = tf.math.real(spec)[..., lo:hi], tf.math.imag(spec)[..., lo:hi]
+    power = re * re + im * im
+    return tf.matmul(tf.sqrt(power) if fe.power == 1.0 else power, banks.mel)
+
+
 def stage_latency(fe, export_dir: str, work: str, warmup: int = 3, repeats: int = 30) -> list:
     """Single-thread LiteRT latency of the parts of an export, each converted on its own, so the
     budget of a segment is measured part by part: ``network_float32`` / ``network_int8`` (the
     export's ``log_mel`` signature, the network after the frontend, float32 and dynamic-range
-    int8), ``stage_mel_stft`` (framing, Hann window, 1024-point RFFT, power: the mel bands'
-    spectrum before the filterbank), and for a decimated config ``stage_decimate_polyphase``
+    int8), ``stage_mel_stft`` (framing, Hann window, the factorised 1024-point DFT, power and
+    the mel filterbank, as exported) beside ``stage_mel_stft_rfft`` (the same with 0.9.1's
+    ``tf.signal.rfft``, the reference; its largest difference is ``max_abs_diff_vs_factorised``,
+    the largest filtered power ``max_abs_mel_power``), and for a decimated config ``stage_decimate_polyphase``
     (the anti-alias FIR and the every-d-th-sample pick, as exported) beside
     ``stage_decimate_strided`` (the 0.9.0 single-channel strided convolution, the reference;
     its largest difference from the polyphase output is ``max_abs_diff_vs_polyphase``)."""
     import tensorflow as tf
 
     from disentangled_ml.export.tflite import open_interpreter
-    from disentangled_ml.features import _decimate, _power_spectrogram, filterbanks
+    from disentangled_ml.features import _decimate, _filtered_power, filterbanks
 
     seg = fe.segment_samples
     rng = np.random.default_rng(0)
@@ -206,7 +224,8 @@ def stage_latency(fe, export_dir: str, work: str, warmup: int = 3, repeats: int 
         rows.append({"variant": name, "file": f"{name}.tflite (benchmark only)", "size_bytes": os.path.getsize(path),
                      **_time(lambda: runner(**{feed_name: patch}), warmup, repeats)})
     banks = filterbanks(fe)
-    stages = [("stage_mel_stft", lambda a: _power_spectrogram(a, fe.n_fft, fe.hop_length, fe.power, banks.mel_bins))]
+    stages = [("stage_mel_stft", lambda a: _filtered_power(a, fe.n_fft, fe.hop_length, fe.power, banks.mel_plan)),
+              ("stage_mel_stft_rfft", lambda a: _mel_power_rfft(a, fe, banks))]
     d = fe.pitch_decimation_factor
     if banks.decimation is not None:
         fir = tf.constant(banks.decimation)
@@ -215,6 +234,10 @@ def stage_latency(fe, export_dir: str, work: str, warmup: int = 3, repeats: int 
     for name, fn in stages:
         row, outputs[name] = _waveform_tflite(name, fn, x, work, warmup, repeats)
         rows.append(row)
+    rfft_row = rows[[r["variant"] for r in rows].index("stage_mel_stft_rfft")]
+    rfft_row["max_abs_diff_vs_factorised"] = float(np.max(np.abs(outputs["stage_mel_stft_rfft"]
+                                                                 - outputs["stage_mel_stft"])))
+    rfft_row["max_abs_mel_power"] = float(np.max(np.abs(outputs["stage_mel_stft"])))
     if "stage_decimate_strided" in outputs:
         rows[-1]["max_abs_diff_vs_polyphase"] = float(np.max(np.abs(outputs["stage_decimate_strided"]
                                                                     - outputs["stage_decimate_polyphase"])))

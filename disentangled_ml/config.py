@@ -107,7 +107,7 @@ class FrontendConfig:
         _check(self.sample_rate >= 8000, "frontend.sample_rate", self.sample_rate, "an integer >= 8000 Hz")
         _check(self.segment_seconds > 0, "frontend.segment_seconds", self.segment_seconds, "> 0 seconds")
         _check(self.n_fft >= 64 and (self.n_fft & (self.n_fft - 1)) == 0, "frontend.n_fft", self.n_fft,
-               "a power of two >= 64 (TFLite's RFFT needs a power of two)")
+               "a power of two >= 64 (the frontend's factorised DFT needs a power of two)")
         _check(0 < self.hop_length <= self.n_fft, "frontend.hop_length", self.hop_length, "1..n_fft samples")
         _check(self.n_mels >= 8, "frontend.n_mels", self.n_mels, ">= 8 bands")
         fmax = self.sample_rate / 2 if self.fmax is None else self.fmax

@@ -11,9 +11,9 @@ minor third below a few hundred Hz; these can (README, "The frontend").
 ``frontend.pitch_bands_per_octave = 0`` gives the paper's frontend alone. Every
 number comes from :class:`disentangled_ml.config.FrontendConfig`.
 
-It is written in TensorFlow ops that convert to TFLite *builtins* (frame, RFFT,
-Real/Imag, MatMul, Log), so the same graph runs in the ``tf.data`` pipeline, inside
-the Keras model, in the SavedModel and in the ``.tflite`` export (docs/design.md,
+It is written in TensorFlow ops that convert to TFLite *builtins* (frame, MatMul,
+Transpose, Mul, Log; the DFT is two small matmuls, :class:`DFTPlan`), so the same
+graph runs in the ``tf.data`` pipeline, inside the Keras model, in the SavedModel and in the ``.tflite`` export (docs/design.md,
 contract 2: the waveform goes in, no client reimplements the frontend).
 
 Three entry points share one definition:
@@ -37,7 +37,7 @@ from disentangled_ml.config import ConfigError, FrontendConfig
 from disentangled_ml.pitch_bands import log_filterbank
 
 __all__ = ["mel_filterbank", "pitch_filterbank", "Filterbanks", "filterbanks",
-           "filterbank_weight_shapes", "decimation_filter", "log_mel", "log_mel_librosa", "LogMelSpectrogram", "frontend_kwargs"]
+           "DFTPlan", "dft_plan", "frontend_matmul_weights", "decimation_filter", "log_mel", "log_mel_librosa", "LogMelSpectrogram", "frontend_kwargs"]
 
 _LN10 = math.log(10.0)
 
@@ -135,6 +135,72 @@ class Filterbanks(NamedTuple):
     mel_bins: Tuple[int, int] = (0, 0)
     pitch_bins: Tuple[int, int] = (0, 0)
     decimation: Any = None  # :func:`decimation_filter` (``pitch_decimation`` > 1), else None
+    mel_plan: Optional["DFTPlan"] = None  # :func:`dft_plan` of ``mel``; built by log_mel when None
+    pitch_plan: Optional["DFTPlan"] = None  # :func:`dft_plan` of ``pitch``; built by log_mel when None
+
+
+class DFTPlan(NamedTuple):
+    """The constants of one band set's filtered power spectrum computed as a factorised DFT.
+
+    An ``n_fft = P * Q``-point DFT (``P = 2 ** floor(log2(n_fft) / 2)``) written as
+    Cooley-Tukey's two passes, each a small matmul: with ``n = Q * n1 + n2`` and
+    ``k = k1 + P * k2``, ``X[k] = sum_n2 W_Q^(n2 k2) W_N^(n2 k1) sum_n1 x[Q n1 + n2] W_P^(n1 k1)``.
+    Only the ``K`` values of ``k2`` that reach the filterbank's highest bin are computed, and
+    the filterbank's rows are reordered to the order the second pass leaves the bins in
+    (``k1 * K + k2``), so no transpose is needed after it.
+
+    Why not ``tf.signal.rfft``: LiteRT's RFFT2D kernel (not delegated to XNNPACK) took
+    1.4 ms for the 128 frames of a 3 s segment, the matmuls 0.7 ms (``benchmarks/export.py``,
+    rows ``stage_mel_stft`` and ``stage_mel_stft_rfft``), for the same values to float32
+    rounding (relative difference ~5e-7; tests/test_features.py).
+
+    numpy arrays or tensors, float32:
+        stage1: ``[P, 2P]``, ``W_P^(n1 k1)``: real parts, then imaginary parts.
+        twiddle_re, twiddle_im: ``[Q, P]``, ``W_N^(n2 k1)``.
+        stage2: ``[2Q, 2K]``, ``W_Q^(n2 k2)`` as a real matrix: ``[re | im] @ stage2 = [Re X | Im X]``.
+        bank: ``[P * K, bands]``, the filterbank's row for bin ``k1 + P * k2`` at row ``k1 * K + k2``,
+            zero for bins it does not weight.
+    """
+
+    stage1: Any
+    twiddle_re: Any
+    twiddle_im: Any
+    stage2: Any
+    bank: Any
+
+
+def dft_plan(n_fft: int, bank: np.ndarray, bins: Tuple[int, int] = (0, 0)) -> DFTPlan:
+    """The :class:`DFTPlan` of an ``n_fft``-point power spectrum filtered by ``bank``.
+
+    Args:
+        n_fft: the DFT length, a power of two >= 4.
+        bank: float32 ``[bins[1] - bins[0], bands]``: the filterbank rows of FFT bins
+            ``bins[0] .. bins[1] - 1``, or ``[n_fft // 2 + 1, bands]`` with ``bins == (0, 0)``.
+        bins: the bin range of ``bank``'s rows (as :class:`Filterbanks` keeps them).
+    """
+    if n_fft < 4 or n_fft & (n_fft - 1):
+        raise ValueError(f"dft_plan: n_fft must be a power of two >= 4, got {n_fft}.")
+    bank = np.asarray(bank, np.float32)
+    lo, hi = bins if bins != (0, 0) else (0, n_fft // 2 + 1)
+    if bank.shape[0] != hi - lo:
+        raise ValueError(f"dft_plan: the bank has {bank.shape[0]} rows for FFT bins {lo}..{hi - 1}.")
+    P = 2 ** (int(math.log2(n_fft)) // 2)
+    Q = n_fft // P
+    K = -(-hi // P)  # k2 = 0 .. K-1 covers bins up to hi - 1
+    k1, n2, k2 = np.arange(P), np.arange(Q), np.arange(K)
+    # angles in float64 and reduced modulo the period, then rounded once to float32
+    a1 = -2 * np.pi * (np.outer(k1, k1) % P) / P  # [n1, k1]
+    at = -2 * np.pi * np.outer(n2, k1) / n_fft  # [n2, k1]
+    a2 = -2 * np.pi * (np.outer(n2, k2) % Q) / Q  # [n2, k2]
+    c2, s2 = np.cos(a2), np.sin(a2)
+    rows = np.zeros((P * K, bank.shape[1]), np.float32)
+    bin_of_row = (k1[:, None] + P * k2[None, :]).reshape(-1)  # row k1 * K + k2 <- bin k1 + P * k2
+    kept = (bin_of_row >= lo) & (bin_of_row < hi)
+    rows[kept] = bank[bin_of_row[kept] - lo]
+    f32 = lambda m: np.ascontiguousarray(m, np.float32)  # noqa: E731
+    return DFTPlan(stage1=f32(np.concatenate([np.cos(a1), np.sin(a1)], axis=1)),
+                   twiddle_re=f32(np.cos(at)), twiddle_im=f32(np.sin(at)),
+                   stage2=f32(np.block([[c2, s2], [-s2, c2]])), bank=rows)
 
 
 def _support(matrix: np.ndarray) -> Tuple[int, int]:
@@ -160,35 +226,63 @@ def filterbanks(cfg: FrontendConfig, as_tensors: bool = False) -> Filterbanks:
             raise ConfigError(f"frontend.pitch_decimation={cfg.pitch_decimation_factor}: the pitch bands reach FFT bin "
                               f"{pitch_bins[1] - 1}, beyond the decimated STFT's last bin.")
     decimation = decimation_filter(cfg)
+    mel_plan = dft_plan(cfg.n_fft, mel, mel_bins)
+    pitch_plan = None if pitch is None else _pitch_plan(cfg, pitch, pitch_bins)
     if as_tensors:
         mel, pitch, decimation = (None if b is None else tf.constant(b) for b in (mel, pitch, decimation))
-    return Filterbanks(mel, pitch, mel_bins, pitch_bins, decimation)
+        mel_plan, pitch_plan = (None if p is None else DFTPlan(*(tf.constant(m) for m in p))
+                                for p in (mel_plan, pitch_plan))
+    return Filterbanks(mel, pitch, mel_bins, pitch_bins, decimation, mel_plan, pitch_plan)
 
 
-def filterbank_weight_shapes(cfg: FrontendConfig) -> list:
-    """The filterbank matrices' shapes as a TFLite FULLY_CONNECTED stores them: ``[(bands, fft_bins), ...]``
-    (the trimmed matrices :func:`log_mel` multiplies with)."""
+def _pitch_plan(cfg: FrontendConfig, pitch: np.ndarray, pitch_bins: Tuple[int, int]) -> DFTPlan:
+    """The pitch bands' :class:`DFTPlan`: the (decimated) ``pitch_n_fft // d``-point DFT, with the
+    filterbank scaled by ``d ** power`` because the decimated signal's DFT is ``1 / d`` of the
+    full-rate one's in the kept band (the scale is in the constant, where the converter would
+    fold it anyway)."""
+    d = cfg.pitch_decimation_factor
+    return dft_plan(cfg.pitch_n_fft // d, np.asarray(pitch, np.float32) * np.float32(d ** cfg.power), pitch_bins)
+
+
+def frontend_matmul_weights(cfg: FrontendConfig) -> list:
+    """The constant right-hand sides of the frontend's matmuls as a TFLite FULLY_CONNECTED stores
+    them (transposed, ``[outputs, inputs]``, float32): per band set the DFT's two passes and the
+    reordered filterbank (:class:`DFTPlan`). The export keeps these float32 in every variant."""
     banks = filterbanks(cfg)
-    return [tuple(int(d) for d in b.shape[::-1]) for b in (banks.mel, banks.pitch) if b is not None]
+    return [np.ascontiguousarray(np.asarray(m).T) for plan in (banks.mel_plan, banks.pitch_plan) if plan is not None
+            for m in (plan.stage1, plan.stage2, plan.bank)]
 
 
-def _power_spectrogram(x: tf.Tensor, n_fft: int, hop_length: int, power: float,
-                       bins: Tuple[int, int] = (0, 0)) -> tf.Tensor:
-    """``|STFT|**power`` of ``x [..., samples]``: periodic Hann, no padding -> ``[..., T, n_fft//2+1]``,
-    or only FFT bins ``bins[0] .. bins[1] - 1`` when ``bins`` is not ``(0, 0)``."""
+def _frames(x: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
+    """Periodic-Hann-windowed frames of ``x [..., samples]``, no padding: ``[..., T, n_fft]``."""
     # pad_end=False: librosa's center=False drops the trailing partial frame too.
-    frames = tf.signal.frame(x, n_fft, hop_length, pad_end=False)  # [..., T, n_fft]
-    window = tf.signal.hann_window(n_fft, periodic=True, dtype=tf.float32)  # scipy 'hann' (fftbins=True)
-    spec = tf.signal.rfft(frames * window, fft_length=[n_fft])  # [..., T, n_fft//2+1] complex64
-    # |X|^2 from real and imaginary parts: Real/Imag/Mul/Add are TFLite builtins and the
-    # power spectrogram (the default) needs no square root at all.
-    re, im = tf.math.real(spec), tf.math.imag(spec)
-    if bins != (0, 0):
-        # the bins the filterbank weights; sliced after Real/Imag because TFLite's
-        # StridedSlice takes no complex tensors
-        re, im = re[..., bins[0]:bins[1]], im[..., bins[0]:bins[1]]
-    power_spec = re * re + im * im
-    return tf.sqrt(power_spec) if power == 1.0 else power_spec
+    frames = tf.signal.frame(x, n_fft, hop_length, pad_end=False)
+    return frames * tf.signal.hann_window(n_fft, periodic=True, dtype=tf.float32)  # scipy 'hann' (fftbins=True)
+
+
+def _filtered_power(x: tf.Tensor, n_fft: int, hop_length: int, power: float, plan: DFTPlan) -> tf.Tensor:
+    """``|STFT(x)|**power`` times the plan's filterbank: ``x [..., samples]`` -> ``[..., T, bands]``.
+
+    The STFT is :class:`DFTPlan`'s factorised DFT of periodic-Hann frames without padding
+    (librosa's ``center=False``).
+    """
+    stage1, tw_re, tw_im, stage2, bank = (p if isinstance(p, tf.Tensor) else tf.constant(p, tf.float32)
+                                          for p in plan)
+    P, Q, K = int(stage1.shape[0]), int(tw_re.shape[0]), int(stage2.shape[1]) // 2
+    frames = _frames(x, n_fft, hop_length)  # [..., T, N]
+    lead = tf.shape(frames)[:-1]
+    f = tf.transpose(tf.reshape(frames, [-1, P, Q]), [0, 2, 1])  # [M, n2, n1]: sample Q * n1 + n2
+    a = tf.matmul(f, stage1)  # [M, n2, 2P]: the P-point DFTs over n1, re | im
+    a_re, a_im = a[..., :P], a[..., P:]
+    b = tf.concat([a_re * tw_re - a_im * tw_im, a_re * tw_im + a_im * tw_re], axis=-2)  # [M, 2Q, k1]
+    spec = tf.matmul(tf.transpose(b, [0, 2, 1]), stage2)  # [M, k1, 2K]: X[k1 + P * k2], re | im
+    re, im = spec[..., :K], spec[..., K:]
+    # |X|^2 from real and imaginary parts; the power spectrogram (the default) needs no square root
+    power_spec = re * re + im * im  # [M, k1, k2]
+    if power == 1.0:  # FrontendConfig allows 1 (magnitude) or 2 (power)
+        power_spec = tf.sqrt(power_spec)
+    flat = tf.reshape(power_spec, tf.concat([lead, [P * K]], axis=0))  # row k1 * K + k2, as the plan's bank
+    return tf.matmul(flat, bank)
 
 
 def _decimate(x: tf.Tensor, fir: tf.Tensor, factor: int) -> tf.Tensor:
@@ -260,9 +354,9 @@ def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = N
         banks = filterbanks(cfg)
     as_tensor = lambda m: m if isinstance(m, tf.Tensor) else tf.constant(m, dtype=tf.float32)  # noqa: E731
 
-    # matmul broadcasts the [F, bands] matrix over the leading axes
-    s = tf.matmul(_power_spectrogram(x, cfg.n_fft, cfg.hop_length, cfg.power, banks.mel_bins),
-                  as_tensor(banks.mel))
+    mel_plan = banks.mel_plan if banks.mel_plan is not None else dft_plan(cfg.n_fft, np.asarray(banks.mel),
+                                                                          banks.mel_bins)
+    s = _filtered_power(x, cfg.n_fft, cfg.hop_length, cfg.power, mel_plan)
     if cfg.pitch_bands_per_octave:
         if banks.pitch is None:
             raise ValueError("log_mel: the config has pitch bands but the filterbanks passed have none; "
@@ -275,11 +369,10 @@ def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = N
                 raise ValueError("log_mel: the config decimates the pitch STFT but the filterbanks passed have no "
                                  "decimation filter; build them with filterbanks(cfg).")
             padded = _decimate(padded, as_tensor(banks.decimation), d)
-        pitch = tf.matmul(_power_spectrogram(padded, cfg.pitch_n_fft // d, cfg.hop_length // d, cfg.power,
-                                             banks.pitch_bins), as_tensor(banks.pitch))
+        pitch_plan = banks.pitch_plan if banks.pitch_plan is not None else _pitch_plan(cfg, banks.pitch,
+                                                                                     banks.pitch_bins)
+        pitch = _filtered_power(padded, cfg.pitch_n_fft // d, cfg.hop_length // d, cfg.power, pitch_plan)
         if d > 1:
-            # the decimated signal's DFT is 1/d of the full-rate one's in the kept band
-            pitch = pitch * float(d ** cfg.power)
             # Frame t starts at decimated sample t * hop / d, the full-rate frame t's start, but the
             # decimated signal keeps 1 + (n - 1) // d samples, which for lengths 3 samples or less
             # short of a whole hop holds one more window than the full rate: that trailing frame

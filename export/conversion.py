@@ -23,7 +23,7 @@ __all__ = ["convert_variants", "INT8_FULL_FLOAT_ISLANDS"]
 
 #: What stays float in ``model_int8_full.tflite`` (config.json's ``int8_full.float_islands``).
 INT8_FULL_FLOAT_ISLANDS = [
-    "frontend: frame, window, RFFT, power, mel matrix, log, standardisation",
+    "frontend: frame, window, DFT (two matmuls), power, mel and pitch matrices, log, standardisation",
     "onset branch (if any): spectral flux and its autocorrelation",
     "output head: L2 normalisation and condition outputs"]
 
@@ -56,7 +56,7 @@ def convert_variants(run: LoadedRun, saved_model_dir: str, out_dir: str, variant
     """
     from disentangled_ml.export import savedmodel as sm
     from disentangled_ml.export import tflite as tfl
-    from disentangled_ml.features import filterbank_weight_shapes
+    from disentangled_ml.features import frontend_matmul_weights
 
     fe = run.config.frontend
     files: Dict[str, Any] = {}
@@ -79,7 +79,7 @@ def convert_variants(run: LoadedRun, saved_model_dir: str, out_dir: str, variant
         if v.name == "int8_full" and float_content is not None:
             kwargs["float_model"] = float_content
         if v.name == "int8":
-            kwargs["frontend_weight_shapes"] = filterbank_weight_shapes(fe)
+            kwargs["frontend_weights"] = frontend_matmul_weights(fe)
         try:
             result = tfl.convert_variant(tflite_source, v.name, **kwargs)
             if v.name == "float32" and not tfl.outputs_finite(result["content"], fe.segment_samples):

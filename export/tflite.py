@@ -305,56 +305,71 @@ def _convert(build: Callable[[], bytes], variant: str) -> bytes:
                                     f"Select-TF/Flex ops are allowed): {type(e).__name__}: {msg}") from e
 
 
-def dequantize_fc_weights(content: bytes, weight_shapes: Sequence[Sequence[int]]) -> bytes:
-    """Run the FULLY_CONNECTED ops with int8 weights of one of ``weight_shapes`` in float32.
+def float_fc_weights(content: bytes, weights: Sequence[np.ndarray]) -> bytes:
+    """Give the FULLY_CONNECTED ops whose int8 weights quantise one of ``weights`` those float32 values.
 
-    Dynamic-range quantisation turns a filterbank's matmul (mel, pitch) into a hybrid kernel that
-    quantises its *input*, the power spectrum, to 8 bits on the fly: with a spectrum's
-    dynamic range that zeroes the quiet bands, and the log compression turns that into
-    errors of ~1e-2 in the embedding (measured). The converter has no per-op opt-out for
-    dynamic range, so this edits the flatbuffer: the weights stay int8 (the file does not
-    grow) and a DEQUANTIZE op feeds their float32 values to a float FULLY_CONNECTED, the
-    same pattern the converter itself emits for fp16 weights. Measured on the demo export:
-    max |diff| to float32 0.013 -> 0.0009.
+    Dynamic-range quantisation turns every constant matmul into a hybrid kernel that rounds its
+    weights to 8 bits and quantises its *input* to 8 bits on the fly. For the frontend's matmuls
+    (the DFT's two passes and the filterbanks, :func:`disentangled_ml.features.frontend_matmul_weights`)
+    that is wrong twice over: 8-bit cosines leave a noise floor about 45 dB under a frame's
+    loudest bin, and an 8-bit power spectrum zeroes the quiet bands; the log compression
+    turns both into errors of ~1e-2 in the embedding (measured on the filterbanks alone). The
+    converter has no per-op opt-out for dynamic range, so this edits the flatbuffer: each such
+    op gets a float32 constant with the exact values and runs as a plain float FULLY_CONNECTED,
+    as in ``model.tflite``. An op is matched by its weight shape *and* by its int8 values
+    dequantising to ``weights`` within half a quantisation step, so a network layer of the same
+    shape is never touched.
+
+    Args:
+        content: the dynamic-range ``.tflite`` flatbuffer.
+        weights: float32 arrays ``[outputs, inputs]``, as FULLY_CONNECTED stores its weights.
+
+    Returns:
+        the edited flatbuffer.
     """
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
-    shapes = [list(s) for s in weight_shapes]
+    weights = [np.asarray(w, np.float32) for w in weights]
+    fc = schema.BuiltinOperator.FULLY_CONNECTED
 
     def builtin(code):
         return max(code.builtinCode, code.deprecatedBuiltinCode)
 
-    deq = next((i for i, c in enumerate(model.operatorCodes) if builtin(c) == schema.BuiltinOperator.DEQUANTIZE), None)
+    def original(tensor) -> Optional[np.ndarray]:
+        data = model.buffers[tensor.buffer].data
+        q = tensor.quantization
+        if data is None or q is None or q.scale is None:
+            return None
+        shape = tuple(int(d) for d in tensor.shape)
+        values = np.frombuffer(bytes(data), np.int8).reshape(shape).astype(np.float32)
+        scale = np.asarray(q.scale, np.float32).reshape((-1,) + (1,) * (len(shape) - 1))
+        for w in weights:
+            if w.shape == shape and np.all(np.abs(values * scale - w) <= 0.5 * scale + 1e-7):
+                return w
+        return None
+
     for sg in model.subgraphs:
-        k = 0
-        while k < len(sg.operators):
-            op = sg.operators[k]
-            w = sg.tensors[op.inputs[1]] if len(op.inputs) > 1 else None
-            if (builtin(model.operatorCodes[op.opcodeIndex]) != schema.BuiltinOperator.FULLY_CONNECTED or w is None
-                    or w.type != schema.TensorType.INT8 or list(w.shape) not in shapes):
-                k += 1
+        for op in sg.operators:
+            if builtin(model.operatorCodes[op.opcodeIndex]) != fc or len(op.inputs) < 2:
                 continue
-            if deq is None:
-                code = schema.OperatorCodeT()
-                code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
-                code.version = 2  # int8 input
-                model.operatorCodes.append(code)
-                deq = len(model.operatorCodes) - 1
-            weights = schema.TensorT()
-            weights.shape = np.array(w.shape, np.int32)
-            weights.type = schema.TensorType.FLOAT32
-            weights.buffer = 0  # computed at run time, no constant data
-            weights.name = (w.name or b"weights") + b"/dequantized"
-            sg.tensors.append(weights)
-            dequantize = schema.OperatorT()
-            dequantize.opcodeIndex = deq
-            dequantize.inputs = np.array([op.inputs[1]], np.int32)
-            dequantize.outputs = np.array([len(sg.tensors) - 1], np.int32)
+            w = sg.tensors[op.inputs[1]]
+            if w.type != schema.TensorType.INT8:
+                continue
+            values = original(w)
+            if values is None:
+                continue
+            buffer = schema.BufferT()
+            buffer.data = np.frombuffer(np.ascontiguousarray(values).tobytes(), np.uint8)
+            model.buffers.append(buffer)
+            tensor = schema.TensorT()
+            tensor.shape = np.array(values.shape, np.int32)
+            tensor.type = schema.TensorType.FLOAT32
+            tensor.buffer = len(model.buffers) - 1
+            tensor.name = (w.name or b"weights") + b"/float"
+            sg.tensors.append(tensor)
             op.inputs[1] = len(sg.tensors) - 1
-            sg.operators.insert(k, dequantize)  # operators run in list order
-            k += 2
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
@@ -362,7 +377,7 @@ def convert_variant(saved_model_dir: str, variant: str,
                     representative: Optional[Callable[[], Iterable[Dict[str, np.ndarray]]]] = None,
                     float_node_pattern: Optional["re.Pattern[str]"] = None,
                     input_samples: Optional[int] = None, float_model: Optional[bytes] = None,
-                    frontend_weight_shapes: Optional[Sequence[Sequence[int]]] = None) -> Dict[str, Any]:
+                    frontend_weights: Optional[Sequence[np.ndarray]] = None) -> Dict[str, Any]:
     """Convert the export's SavedModel (``serving_default``) to one TFLite variant.
 
     Args:
@@ -378,10 +393,9 @@ def convert_variant(saved_model_dir: str, variant: str,
             under LiteRT's default XNNPACK delegate.
         float_model: ``int8_full`` only: the float32 conversion, if already made
             (its node names select what stays float).
-        frontend_weight_shapes: ``int8`` only: the filterbanks' weight shapes as TFLite
-            stores them, ``[(bands, fft_bins), ...]`` (:func:`disentangled_ml.features.filterbank_weight_shapes`);
-            those FULLY_CONNECTED ops keep int8 weights but run in float (see
-            :func:`dequantize_fc_weights`).
+        frontend_weights: ``int8`` only: the frontend's matmul weights as TFLite stores them
+            (:func:`disentangled_ml.features.frontend_matmul_weights`); those FULLY_CONNECTED
+            ops keep them float32 (see :func:`float_fc_weights`).
 
     Returns:
         ``{"content": bytes, "float_nodes": [...], "extra_float_nodes": [...]}``.
@@ -409,8 +423,8 @@ def convert_variant(saved_model_dir: str, variant: str,
             c.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: dynamic range
             return c.convert()
         content = _convert(build, variant)
-        if frontend_weight_shapes:
-            content = dequantize_fc_weights(content, frontend_weight_shapes)
+        if frontend_weights:
+            content = float_fc_weights(content, frontend_weights)
         return {"content": content}
 
     if representative is None:

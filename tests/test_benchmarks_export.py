@@ -60,8 +60,8 @@ def test_export_timing_reads_the_figures_the_export_writes():
 
 @pytest.mark.slow  # an export and seven conversions
 def test_stage_latency_times_the_network_and_the_frontend_parts(tmp_path):
-    """The network alone (the export's log_mel signature) in float32 and int8, the mel STFT, and the
-    decimation as exported beside the 0.9.0 strided convolution, which gives the same samples."""
+    """The network alone (the export's log_mel signature) in float32 and int8, the mel spectrum as
+    exported beside 0.9.1's RFFT (same values), and the decimation as exported beside the 0.9.0 strided convolution, which gives the same samples."""
     from disentangled_ml.config import Config
     from disentangled_ml.export import export_run, tflite
     from test_export import make_run
@@ -73,8 +73,10 @@ def test_stage_latency_times_the_network_and_the_frontend_parts(tmp_path):
     fe = Config.from_json(os.path.join(run, "config.json")).frontend
     assert fe.pitch_decimation_factor == 2
     rows = export_bench.stage_latency(fe, str(tmp_path / "export"), str(tmp_path), warmup=1, repeats=2)
-    assert [r["variant"] for r in rows] == ["network_float32", "network_int8", "stage_mel_stft",
+    assert [r["variant"] for r in rows] == ["network_float32", "network_int8", "stage_mel_stft", "stage_mel_stft_rfft",
                                             "stage_decimate_polyphase", "stage_decimate_strided"]
     assert all(r["latency_ms_median"] > 0 for r in rows)
     assert rows[1]["size_bytes"] < rows[0]["size_bytes"]  # int8 weights
+    # the factorised DFT and LiteRT's RFFT give the same filtered power spectrum (relative to its scale)
+    assert rows[3]["max_abs_diff_vs_factorised"] < 1e-4 * max(1.0, rows[3]["max_abs_mel_power"])
     assert rows[-1]["max_abs_diff_vs_polyphase"] < 1e-5

@@ -218,8 +218,10 @@ def test_int8_full_keeps_the_frontend_float(exported):
 
     _, out, _, result = exported
     ops = op_dtypes(os.path.join(out, "model_int8_full.tflite"))
-    for op in ("RFFT2D", "LOG", "L2_NORMALIZATION"):
+    # TRANSPOSE: the factorised DFT's (features.DFTPlan), only in the frontend
+    for op in ("TRANSPOSE", "LOG", "L2_NORMALIZATION"):
         assert op in ops["float32"] and op not in ops["int8"], op
+    assert ops["float32"].get("FULLY_CONNECTED", 0) >= 6  # the DFTs' two passes and the filterbanks
     assert ops["int8"].get("CONV_2D", 0) > ops["float32"].get("CONV_2D", 0)  # the network itself is int8
     assert "QUANTIZE" in ops["int8"] and "DEQUANTIZE" in ops["float32"]
     assert "float_islands" in result["config"]["int8_full"]
@@ -227,44 +229,45 @@ def test_int8_full_keeps_the_frontend_float(exported):
     assert not float_ops["int8"]
 
 
-def test_dynamic_int8_runs_the_filterbanks_in_float(exported):
-    """model_int8.tflite keeps the mel and pitch filterbank weights int8 but dequantises them: the power
-    spectrum is never quantised on the fly (that costs ~1e-2 in the embedding)."""
-    from disentangled_ml.features import filterbank_weight_shapes
+def test_dynamic_int8_keeps_the_frontend_float(exported):
+    """model_int8.tflite runs the frontend's matmuls (the factorised DFT's two passes and both
+    filterbanks) as float FULLY_CONNECTED ops with their exact float32 constants: neither the
+    cosines nor the power spectrum are rounded to 8 bits (that costs ~1e-2 in the embedding).
+    The network's weights stay int8."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
+    from disentangled_ml.features import frontend_matmul_weights
+
     _, out, cfg, _ = exported
-    fe = cfg.frontend
+    wanted = frontend_matmul_weights(cfg.frontend)
+    assert len(wanted) == 6  # mel and pitch: stage 1, stage 2, filterbank
     model = flatbuffer_utils.read_model(os.path.join(out, "model_int8.tflite"))
     sg = model.subgraphs[0]
     code = lambda op: max(model.operatorCodes[op.opcodeIndex].builtinCode,  # noqa: E731
                           model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
-    producer = {int(o): op for op in sg.operators for o in op.outputs}
-    shapes = filterbank_weight_shapes(fe)
-    # the filterbanks trimmed to the FFT bins they weight (features.filterbanks)
-    from disentangled_ml.features import filterbanks
+    fc = [op for op in sg.operators if code(op) == schema.BuiltinOperator.FULLY_CONNECTED]
 
-    banks = filterbanks(fe)
-    assert shapes == [(fe.n_mels, banks.mel_bins[1] - banks.mel_bins[0]),
-                      (fe.n_pitch_bands, banks.pitch_bins[1] - banks.pitch_bins[0])]
-    assert shapes[1][1] < fe.pitch_n_fft // 2 + 1
-    bank_fc = []
-    for shape in shapes:
-        fc = [op for op in sg.operators if code(op) == schema.BuiltinOperator.FULLY_CONNECTED
-              and tuple(sg.tensors[op.inputs[1]].shape) == shape]
-        assert len(fc) == 1, shape
-        weights = sg.tensors[fc[0].inputs[1]]
-        assert weights.type == schema.TensorType.FLOAT32
-        deq = producer[int(fc[0].inputs[1])]
-        assert code(deq) == schema.BuiltinOperator.DEQUANTIZE
-        assert sg.tensors[deq.inputs[0]].type == schema.TensorType.INT8  # stored as int8: the file stays small
-        bank_fc += fc
-    # the other FULLY_CONNECTED / conv weights are still int8 (dynamic range)
-    others = [op for op in sg.operators if code(op) in (schema.BuiltinOperator.FULLY_CONNECTED,
-                                                         schema.BuiltinOperator.CONV_2D)
-              and not any(op is b for b in bank_fc)]
-    assert any(sg.tensors[op.inputs[1]].type == schema.TensorType.INT8 for op in others)
+    def constant(op):
+        t = sg.tensors[op.inputs[1]]
+        data = model.buffers[t.buffer].data
+        dtype = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8}[t.type]
+        return t.type, np.frombuffer(bytes(data), dtype).reshape(tuple(t.shape))
+
+    frontend_fc = []
+    for w in wanted:
+        hits = [op for op in fc if constant(op)[0] == schema.TensorType.FLOAT32
+                and constant(op)[1].shape == w.shape and np.array_equal(constant(op)[1], w)]
+        assert hits, w.shape  # the mel and pitch stage-1 matrices are the same, so one op or two
+        frontend_fc += hits
+    assert len({id(op) for op in frontend_fc}) == 6
+    # the network's FULLY_CONNECTED / conv weights are still int8 (dynamic range), all but those
+    # under the converter's 1,024-element threshold
+    others = [sg.tensors[op.inputs[1]] for op in sg.operators
+              if code(op) in (schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D)
+              and not any(op is b for b in frontend_fc)]
+    big = [t for t in others if np.prod(t.shape) >= 1024]
+    assert big and all(t.type == schema.TensorType.INT8 for t in big)
 
 
 def test_tflite_runs_with_litert_alone(exported, tmp_path):

@@ -202,7 +202,9 @@ def test_tflite_conversion_builtins_only(tmp_path):
 
     out, ops = _run_tflite(_tflite(model, tmp_path, "dense"), x)
     np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=1e-4, rtol=0)
-    assert "RFFT2D" in ops and not any(op.startswith("FlexDelegate") or op == "CUSTOM" for op in ops)
+    # the DFT is matmuls (features.DFTPlan), not LiteRT's undelegated RFFT2D
+    assert "FULLY_CONNECTED" in ops and "RFFT2D" not in ops
+    assert not any(op.startswith("FlexDelegate") or op == "CUSTOM" for op in ops)
 
     mel_out, _ = _run_tflite(_tflite(frontend, tmp_path, "frontend"), x)
     assert mel_out.shape == (2, CFG.num_frames, CFG.n_bands)
@@ -342,6 +344,40 @@ def test_polyphase_decimation_is_the_strided_fir(factor, taps, n):
     traced = tf.function(lambda w: _decimate(w, tf.constant(fir), factor),
                          input_signature=[tf.TensorSpec([None, None], tf.float32)])
     np.testing.assert_allclose(traced(x[0]).numpy(), want[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n_fft, bins", [(1024, (1, 512)), (1024, (0, 0)), (1024, (13, 389)), (2048, (0, 0)),
+                                         (256, (5, 120)), (64, (0, 0)), (8, (0, 0))])
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_factorised_dft_is_the_filtered_rfft(n_fft, bins, power):
+    """``_filtered_power`` (the DFT as two matmuls, bins in the plan's order, reordered filterbank)
+    equals ``|rfft|**power`` of the same windowed frames times the filterbank in natural bin order,
+    for square (P = Q) and oblong (P < Q) factorisations, a bin range trimmed at either end or
+    not at all, and any leading axes, to float32 rounding."""
+    from disentangled_ml.features import _filtered_power, _frames, dft_plan
+
+    rng = np.random.default_rng(n_fft + bins[0])
+    lo, hi = bins if bins != (0, 0) else (0, n_fft // 2 + 1)
+    bank = rng.uniform(0, 1, size=(hi - lo, 7)).astype(np.float32)
+    hop = n_fft // 4
+    x = rng.uniform(-1, 1, size=(2, 3, 5 * n_fft)).astype(np.float32)
+    frames = _frames(tf.constant(x), n_fft, hop).numpy().astype(np.float64)
+    want = (np.abs(np.fft.rfft(frames, axis=-1)) ** power)[..., lo:hi] @ bank.astype(np.float64)
+    got = _filtered_power(tf.constant(x), n_fft, hop, power, dft_plan(n_fft, bank, bins)).numpy()
+    assert got.shape == want.shape == (2, 3, 1 + (5 * n_fft - n_fft) // hop, 7)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+    traced = tf.function(lambda w: _filtered_power(w, n_fft, hop, power, dft_plan(n_fft, bank, bins)),
+                         input_signature=[tf.TensorSpec([None, None], tf.float32)])
+    np.testing.assert_allclose(traced(x[0]).numpy(), want[0], rtol=2e-5, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("n_fft, rows, why", [(1000, 501, "power of two"), (2, 2, "power of two"),
+                                              (1024, 100, "100 rows for FFT bins 0..512")])
+def test_dft_plan_refuses_what_it_cannot_factorise(n_fft, rows, why):
+    from disentangled_ml.features import dft_plan
+
+    with pytest.raises(ValueError, match=why):
+        dft_plan(n_fft, np.ones((rows, 3), np.float32))
 
 
 @pytest.mark.parametrize("kwargs, why", [
