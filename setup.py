@@ -18,7 +18,7 @@ ELSEWHERE = 'sys_platform != "linux" or platform_machine != "x86_64"'  # PEP 508
 
 setup(
     name="disentangled_ml",
-    version="0.9.1",
+    version="0.9.2",
     description="Disentangled multidimensional metric learning for music similarity (Lee et al., ICASSP 2020)",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",

@@ -7,4 +7,4 @@ Data flows one way (see docs/design.md):
 manifest -> prepare -> tf.data pipeline -> model + loss -> evaluation -> export -> embed/search.
 """
 
-__version__ = "0.9.1"
+__version__ = "0.9.2"

@@ -140,36 +140,38 @@ class Filterbanks(NamedTuple):
 
 
 class DFTPlan(NamedTuple):
-    """The constants of one band set's filtered power spectrum computed as a factorised DFT.
+    """The constants of one band set's filtered power spectrum, computed as a factorised DFT.
 
-    An ``n_fft = P * Q``-point DFT (``P = 2 ** floor(log2(n_fft) / 2)``) written as
-    Cooley-Tukey's two passes, each a small matmul: with ``n = Q * n1 + n2`` and
-    ``k = k1 + P * k2``, ``X[k] = sum_n2 W_Q^(n2 k2) W_N^(n2 k1) sum_n1 x[Q n1 + n2] W_P^(n1 k1)``.
-    Only the ``K`` values of ``k2`` that reach the filterbank's highest bin are computed, and
-    the filterbank's rows are reordered to the order the second pass leaves the bins in
-    (``k1 * K + k2``), so no transpose is needed after it.
+    An ``n_fft = P * Q``-point DFT (``P = 2 ** floor(log2(n_fft) / 2)``; 1024 = 32 * 32) is
+    Cooley-Tukey's two passes, each one matmul. With ``n = Q * n1 + n2`` and ``k = k1 + P * k2``:
+    ``X[k] = sum_n2 W_Q^(n2 k2) sum_n1 x[Q n1 + n2] W_N^((Q n1 + n2) k1)``. The first pass is a
+    batch of ``Q`` matmuls (one per ``n2``) whose matrices already hold the twiddle factors
+    ``W_N^(n2 k1)``, so no elementwise complex product is needed; the second pass computes only
+    the ``K`` groups of bins the filterbank reaches. The filterbank is applied in groups of
+    consecutive bands, each on the contiguous bins it weights: a mel or log-frequency band
+    touches a few dozen of the 512 bins, so one dense matmul would spend most of its time on zeros.
 
-    Why not ``tf.signal.rfft``: LiteRT's RFFT2D kernel (not delegated to XNNPACK) took
-    1.4 ms for the 128 frames of a 3 s segment, the matmuls 0.7 ms (``benchmarks/export.py``,
-    rows ``stage_mel_stft`` and ``stage_mel_stft_rfft``), for the same values to float32
-    rounding (relative difference ~5e-7; tests/test_features.py).
+    Why not ``tf.signal.rfft``: LiteRT's RFFT2D kernel is not delegated to XNNPACK. For the 128
+    frames of a 3 s segment the mel spectrum took 1.4 ms through it against about 0.55 ms as
+    matmuls (``benchmarks/export.py``, rows ``stage_mel_stft_rfft`` and ``stage_mel_stft``), for
+    the same values to float32 rounding (relative difference ~5e-7; tests/test_features.py).
 
     numpy arrays or tensors, float32:
-        stage1: ``[P, 2P]``, ``W_P^(n1 k1)``: real parts, then imaginary parts.
-        twiddle_re, twiddle_im: ``[Q, P]``, ``W_N^(n2 k1)``.
+        stage1: ``[Q, P, 2P]``, ``W_N^((Q n1 + n2) k1)`` indexed ``[n2, n1, k1]``: real parts,
+            then imaginary parts.
         stage2: ``[2Q, 2K]``, ``W_Q^(n2 k2)`` as a real matrix: ``[re | im] @ stage2 = [Re X | Im X]``.
-        bank: ``[P * K, bands]``, the filterbank's row for bin ``k1 + P * k2`` at row ``k1 * K + k2``,
-            zero for bins it does not weight.
+        banks: per band group, ``[bank_bins[g][1] - bank_bins[g][0], bands in group g]``; the
+            groups' outputs, concatenated, are the filterbank's bands in order.
+        bank_bins: per band group, the ``(first, last + 1)`` FFT bins it weights (Python ints).
     """
 
     stage1: Any
-    twiddle_re: Any
-    twiddle_im: Any
     stage2: Any
-    bank: Any
+    banks: Tuple[Any, ...]
+    bank_bins: Tuple[Tuple[int, int], ...]
 
 
-def dft_plan(n_fft: int, bank: np.ndarray, bins: Tuple[int, int] = (0, 0)) -> DFTPlan:
+def dft_plan(n_fft: int, bank: np.ndarray, bins: Tuple[int, int] = (0, 0), groups: int = 8) -> DFTPlan:
     """The :class:`DFTPlan` of an ``n_fft``-point power spectrum filtered by ``bank``.
 
     Args:
@@ -177,30 +179,33 @@ def dft_plan(n_fft: int, bank: np.ndarray, bins: Tuple[int, int] = (0, 0)) -> DF
         bank: float32 ``[bins[1] - bins[0], bands]``: the filterbank rows of FFT bins
             ``bins[0] .. bins[1] - 1``, or ``[n_fft // 2 + 1, bands]`` with ``bins == (0, 0)``.
         bins: the bin range of ``bank``'s rows (as :class:`Filterbanks` keeps them).
+        groups: band groups the filterbank is split into (at most one a band); 8 was the fastest
+            of 1, 4 and 8 for the default mel bands under LiteRT.
     """
     if n_fft < 4 or n_fft & (n_fft - 1):
         raise ValueError(f"dft_plan: n_fft must be a power of two >= 4, got {n_fft}.")
     bank = np.asarray(bank, np.float32)
     lo, hi = bins if bins != (0, 0) else (0, n_fft // 2 + 1)
-    if bank.shape[0] != hi - lo:
+    if bank.ndim != 2 or bank.shape[0] != hi - lo:
         raise ValueError(f"dft_plan: the bank has {bank.shape[0]} rows for FFT bins {lo}..{hi - 1}.")
     P = 2 ** (int(math.log2(n_fft)) // 2)
     Q = n_fft // P
-    K = -(-hi // P)  # k2 = 0 .. K-1 covers bins up to hi - 1
-    k1, n2, k2 = np.arange(P), np.arange(Q), np.arange(K)
-    # angles in float64 and reduced modulo the period, then rounded once to float32
-    a1 = -2 * np.pi * (np.outer(k1, k1) % P) / P  # [n1, k1]
-    at = -2 * np.pi * np.outer(n2, k1) / n_fft  # [n2, k1]
+    K = -(-hi // P)  # k2 = 0 .. K-1 reaches bin P * K - 1 >= hi - 1
+    n1, n2, k1, k2 = np.arange(P), np.arange(Q), np.arange(P), np.arange(K)
+    # angles from exact integer products reduced modulo the period, rounded once to float32
+    a1 = -2 * np.pi * (((Q * n1[None, :, None] + n2[:, None, None]) * k1[None, None, :]) % n_fft) / n_fft
     a2 = -2 * np.pi * (np.outer(n2, k2) % Q) / Q  # [n2, k2]
     c2, s2 = np.cos(a2), np.sin(a2)
-    rows = np.zeros((P * K, bank.shape[1]), np.float32)
-    bin_of_row = (k1[:, None] + P * k2[None, :]).reshape(-1)  # row k1 * K + k2 <- bin k1 + P * k2
-    kept = (bin_of_row >= lo) & (bin_of_row < hi)
-    rows[kept] = bank[bin_of_row[kept] - lo]
-    f32 = lambda m: np.ascontiguousarray(m, np.float32)  # noqa: E731
-    return DFTPlan(stage1=f32(np.concatenate([np.cos(a1), np.sin(a1)], axis=1)),
-                   twiddle_re=f32(np.cos(at)), twiddle_im=f32(np.sin(at)),
-                   stage2=f32(np.block([[c2, s2], [-s2, c2]])), bank=rows)
+    edges = np.linspace(0, bank.shape[1], min(groups, bank.shape[1]) + 1).round().astype(int)
+    banks, bank_bins = [], []
+    for first, last in zip(edges[:-1], edges[1:]):
+        rows = np.flatnonzero(np.any(bank[:, first:last] != 0, axis=1))
+        r0, r1 = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 1)
+        banks.append(np.ascontiguousarray(bank[r0:r1, first:last]))
+        bank_bins.append((lo + r0, lo + r1))
+    return DFTPlan(stage1=np.concatenate([np.cos(a1), np.sin(a1)], axis=-1).astype(np.float32),
+                   stage2=np.block([[c2, s2], [-s2, c2]]).astype(np.float32),
+                   banks=tuple(banks), bank_bins=tuple(bank_bins))
 
 
 def _support(matrix: np.ndarray) -> Tuple[int, int]:
@@ -230,8 +235,9 @@ def filterbanks(cfg: FrontendConfig, as_tensors: bool = False) -> Filterbanks:
     pitch_plan = None if pitch is None else _pitch_plan(cfg, pitch, pitch_bins)
     if as_tensors:
         mel, pitch, decimation = (None if b is None else tf.constant(b) for b in (mel, pitch, decimation))
-        mel_plan, pitch_plan = (None if p is None else DFTPlan(*(tf.constant(m) for m in p))
-                                for p in (mel_plan, pitch_plan))
+        mel_plan, pitch_plan = (None if p is None else p._replace(
+            stage1=tf.constant(p.stage1), stage2=tf.constant(p.stage2), banks=tuple(tf.constant(w) for w in p.banks))
+            for p in (mel_plan, pitch_plan))
     return Filterbanks(mel, pitch, mel_bins, pitch_bins, decimation, mel_plan, pitch_plan)
 
 
@@ -245,18 +251,51 @@ def _pitch_plan(cfg: FrontendConfig, pitch: np.ndarray, pitch_bins: Tuple[int, i
 
 
 def frontend_matmul_weights(cfg: FrontendConfig) -> list:
-    """The constant right-hand sides of the frontend's matmuls as a TFLite FULLY_CONNECTED stores
-    them (transposed, ``[outputs, inputs]``, float32): per band set the DFT's two passes and the
-    reordered filterbank (:class:`DFTPlan`). The export keeps these float32 in every variant."""
+    """The constant right-hand sides of the frontend's matmuls as TFLite stores them, float32: per
+    band set the DFT's first pass (a BATCH_MATMUL's ``[Q, P, 2P]``), then its second pass and the
+    filterbank groups (FULLY_CONNECTED weights, transposed to ``[outputs, inputs]``); see
+    :class:`DFTPlan`. The export keeps these float32 in every variant."""
     banks = filterbanks(cfg)
-    return [np.ascontiguousarray(np.asarray(m).T) for plan in (banks.mel_plan, banks.pitch_plan) if plan is not None
-            for m in (plan.stage1, plan.stage2, plan.bank)]
+    return [np.ascontiguousarray(np.asarray(m) if i == 0 else np.asarray(m).T)
+            for plan in (banks.mel_plan, banks.pitch_plan) if plan is not None
+            for i, m in enumerate((plan.stage1, plan.stage2) + tuple(plan.banks))]
+
+
+def _lead_shape(t: tf.Tensor, drop: int) -> Any:
+    """The shape of ``t`` without its last ``drop`` axes, for a reshape: a list of Python ints with
+    ``-1`` for the one unknown axis when at most one is unknown (a served model's batch), else a
+    tensor. Static shapes matter under LiteRT: a reshape to a computed shape leaves shape
+    arithmetic (SHAPE, PACK, FLOOR_DIV) running outside XNNPACK between the delegated parts."""
+    dims = t.shape.as_list()[:-drop] if t.shape.rank is not None else None
+    if dims is not None and sum(d is None for d in dims) <= 1:
+        return [-1 if d is None else int(d) for d in dims]
+    return tf.shape(t)[:-drop]
+
+
+def _with_tail(lead: Any, tail: list) -> Any:
+    """``lead + tail`` as a reshape target (``lead`` from :func:`_lead_shape`)."""
+    return lead + tail if isinstance(lead, list) else tf.concat([lead, tail], axis=0)
 
 
 def _frames(x: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
-    """Periodic-Hann-windowed frames of ``x [..., samples]``, no padding: ``[..., T, n_fft]``."""
-    # pad_end=False: librosa's center=False drops the trailing partial frame too.
-    frames = tf.signal.frame(x, n_fft, hop_length, pad_end=False)
+    """Periodic-Hann-windowed frames of ``x [..., samples]``, no padding: ``[..., T, n_fft]``,
+    ``T = 1 + (samples - n_fft) // hop_length`` (librosa's ``center=False`` drops the trailing
+    partial frame too).
+
+    When the length is static (a served segment), the frames are gathered with constant indices
+    from blocks of ``gcd(hop_length, n_fft)`` samples, so every shape is known when LiteRT
+    prepares the graph; otherwise (whole tracks in the feature cache) ``tf.signal.frame``."""
+    n = x.shape[-1] if x.shape.rank else None
+    if n is None:
+        frames = tf.signal.frame(x, n_fft, hop_length, pad_end=False)
+    else:
+        g = math.gcd(hop_length, n_fft)
+        T = 1 + (int(n) - n_fft) // hop_length
+        n_blocks = (T - 1) * (hop_length // g) + n_fft // g
+        lead = _lead_shape(x, 1)
+        blocks = tf.reshape(x[..., :n_blocks * g], _with_tail(lead, [n_blocks, g]))
+        index = (np.arange(T)[:, None] * (hop_length // g) + np.arange(n_fft // g)[None, :]).astype(np.int32)
+        frames = tf.reshape(tf.gather(blocks, index, axis=-2), _with_tail(lead, [T, n_fft]))
     return frames * tf.signal.hann_window(n_fft, periodic=True, dtype=tf.float32)  # scipy 'hann' (fftbins=True)
 
 
@@ -266,23 +305,24 @@ def _filtered_power(x: tf.Tensor, n_fft: int, hop_length: int, power: float, pla
     The STFT is :class:`DFTPlan`'s factorised DFT of periodic-Hann frames without padding
     (librosa's ``center=False``).
     """
-    stage1, tw_re, tw_im, stage2, bank = (p if isinstance(p, tf.Tensor) else tf.constant(p, tf.float32)
-                                          for p in plan)
-    P, Q, K = int(stage1.shape[0]), int(tw_re.shape[0]), int(stage2.shape[1]) // 2
+    const = lambda m: m if isinstance(m, tf.Tensor) else tf.constant(m, tf.float32)  # noqa: E731
+    stage1, stage2 = const(plan.stage1), const(plan.stage2)
+    Q, P, K = int(stage1.shape[0]), int(stage1.shape[1]), int(stage2.shape[1]) // 2
     frames = _frames(x, n_fft, hop_length)  # [..., T, N]
-    lead = tf.shape(frames)[:-1]
-    f = tf.transpose(tf.reshape(frames, [-1, P, Q]), [0, 2, 1])  # [M, n2, n1]: sample Q * n1 + n2
-    a = tf.matmul(f, stage1)  # [M, n2, 2P]: the P-point DFTs over n1, re | im
-    a_re, a_im = a[..., :P], a[..., P:]
-    b = tf.concat([a_re * tw_re - a_im * tw_im, a_re * tw_im + a_im * tw_re], axis=-2)  # [M, 2Q, k1]
-    spec = tf.matmul(tf.transpose(b, [0, 2, 1]), stage2)  # [M, k1, 2K]: X[k1 + P * k2], re | im
+    lead = _lead_shape(frames, 1)
+    f = tf.transpose(tf.reshape(frames, [-1, P, Q]), [2, 0, 1])  # [n2, M, n1]: sample Q * n1 + n2
+    a = tf.matmul(f, stage1)  # [n2, M, 2P]: the first pass with its twiddles, re | im
+    a = tf.transpose(tf.reshape(a, [Q, -1, 2, P]), [1, 3, 2, 0])  # [M, k1, re/im, n2]
+    spec = tf.matmul(tf.reshape(a, [-1, P, 2 * Q]), stage2)  # [M, k1, 2K]: X[k1 + P * k2], re | im
     re, im = spec[..., :K], spec[..., K:]
     # |X|^2 from real and imaginary parts; the power spectrogram (the default) needs no square root
     power_spec = re * re + im * im  # [M, k1, k2]
     if power == 1.0:  # FrontendConfig allows 1 (magnitude) or 2 (power)
         power_spec = tf.sqrt(power_spec)
-    flat = tf.reshape(power_spec, tf.concat([lead, [P * K]], axis=0))  # row k1 * K + k2, as the plan's bank
-    return tf.matmul(flat, bank)
+    # bins in natural order (k2 * P + k1), so that each band group reads one contiguous slice
+    natural = tf.reshape(tf.transpose(power_spec, [0, 2, 1]), _with_tail(lead, [P * K]))
+    bands = [tf.matmul(natural[..., lo:hi], const(w)) for (lo, hi), w in zip(plan.bank_bins, plan.banks)]
+    return bands[0] if len(bands) == 1 else tf.concat(bands, axis=-1)
 
 
 def _decimate(x: tf.Tensor, fir: tf.Tensor, factor: int) -> tf.Tensor:
@@ -301,8 +341,8 @@ def _decimate(x: tf.Tensor, fir: tf.Tensor, factor: int) -> tf.Tensor:
     taps = int(fir.shape[0])
     k = (taps - 1) // 2  # centring delay: output m is centred on input sample m * factor
     blocks_per_tap = -(-taps // factor)
-    lead = tf.shape(x)[:-1]
-    n = tf.shape(x)[-1]
+    lead = _lead_shape(x, 1)
+    n = x.shape[-1] if x.shape.rank and x.shape[-1] is not None else tf.shape(x)[-1]
     n_out = 1 + (n - 1) // factor
     flat = tf.reshape(x, [-1, n])
     # Output m reads padded samples m * factor .. m * factor + blocks_per_tap * factor - 1 (the
@@ -310,11 +350,11 @@ def _decimate(x: tf.Tensor, fir: tf.Tensor, factor: int) -> tf.Tensor:
     # blocks are needed: pad generously on the right, then cut to exactly that many.
     flat = tf.pad(flat, [[0, 0], [k, k + blocks_per_tap * factor]])
     flat = flat[:, :(n_out + blocks_per_tap - 1) * factor]
-    phases = tf.reshape(flat, [tf.shape(flat)[0], -1, factor])  # [B, blocks, factor]
+    phases = tf.reshape(flat, [-1, n_out + blocks_per_tap - 1, factor])  # [B, blocks, factor]
     poly = tf.reshape(tf.pad(fir, [[0, blocks_per_tap * factor - taps]]), [blocks_per_tap, factor, 1])
     # conv1d correlates; the filter is symmetric, so that is its convolution
     y = tf.nn.conv1d(phases, poly, stride=1, padding="VALID")  # [B, n_out, 1]
-    return tf.reshape(y, tf.concat([lead, [n_out]], axis=0))
+    return tf.reshape(y, _with_tail(lead, [n_out]))
 
 
 def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = None) -> tf.Tensor:
@@ -377,7 +417,7 @@ def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = N
             # decimated signal keeps 1 + (n - 1) // d samples, which for lengths 3 samples or less
             # short of a whole hop holds one more window than the full rate: that trailing frame
             # has no mel frame beside it.
-            pitch = pitch[..., :tf.shape(s)[-2], :]
+            pitch = pitch[..., :(s.shape[-2] if s.shape[-2] is not None else tf.shape(s)[-2]), :]
         s = tf.concat([s, pitch], axis=-1)
     # log10 via natural log: TFLite has LOG but no LOG10; log(1+x) rather than log1p,
     # which is not a builtin. Absolute error is ~1e-7, far below the parity tolerance.

@@ -305,8 +305,8 @@ def _convert(build: Callable[[], bytes], variant: str) -> bytes:
                                     f"Select-TF/Flex ops are allowed): {type(e).__name__}: {msg}") from e
 
 
-def float_fc_weights(content: bytes, weights: Sequence[np.ndarray]) -> bytes:
-    """Give the FULLY_CONNECTED ops whose int8 weights quantise one of ``weights`` those float32 values.
+def float_matmul_weights(content: bytes, weights: Sequence[np.ndarray]) -> bytes:
+    """Give the matmuls whose int8 constant quantises one of ``weights`` those float32 values.
 
     Dynamic-range quantisation turns every constant matmul into a hybrid kernel that rounds its
     weights to 8 bits and quantises its *input* to 8 bits on the fly. For the frontend's matmuls
@@ -315,14 +315,15 @@ def float_fc_weights(content: bytes, weights: Sequence[np.ndarray]) -> bytes:
     loudest bin, and an 8-bit power spectrum zeroes the quiet bands; the log compression
     turns both into errors of ~1e-2 in the embedding (measured on the filterbanks alone). The
     converter has no per-op opt-out for dynamic range, so this edits the flatbuffer: each such
-    op gets a float32 constant with the exact values and runs as a plain float FULLY_CONNECTED,
-    as in ``model.tflite``. An op is matched by its weight shape *and* by its int8 values
-    dequantising to ``weights`` within half a quantisation step, so a network layer of the same
-    shape is never touched.
+    FULLY_CONNECTED or BATCH_MATMUL gets a float32 constant with the exact values and runs as a
+    plain float op, as in ``model.tflite``. An op is matched by its constant's shape *and* by its
+    int8 values dequantising to ``weights`` within half a quantisation step, so a network layer
+    of the same shape is never touched.
 
     Args:
         content: the dynamic-range ``.tflite`` flatbuffer.
-        weights: float32 arrays ``[outputs, inputs]``, as FULLY_CONNECTED stores its weights.
+        weights: float32 arrays as the ops store them (FULLY_CONNECTED: ``[outputs, inputs]``;
+            BATCH_MATMUL: its right-hand side as is).
 
     Returns:
         the edited flatbuffer.
@@ -332,7 +333,7 @@ def float_fc_weights(content: bytes, weights: Sequence[np.ndarray]) -> bytes:
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
     weights = [np.asarray(w, np.float32) for w in weights]
-    fc = schema.BuiltinOperator.FULLY_CONNECTED
+    matmuls = (schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.BATCH_MATMUL)
 
     def builtin(code):
         return max(code.builtinCode, code.deprecatedBuiltinCode)
@@ -344,7 +345,10 @@ def float_fc_weights(content: bytes, weights: Sequence[np.ndarray]) -> bytes:
             return None
         shape = tuple(int(d) for d in tensor.shape)
         values = np.frombuffer(bytes(data), np.int8).reshape(shape).astype(np.float32)
-        scale = np.asarray(q.scale, np.float32).reshape((-1,) + (1,) * (len(shape) - 1))
+        scale = np.asarray(q.scale, np.float32)
+        if scale.size > 1:  # per channel, along quantizedDimension
+            axis = int(q.quantizedDimension)
+            scale = scale.reshape([-1 if i == axis else 1 for i in range(len(shape))])
         for w in weights:
             if w.shape == shape and np.all(np.abs(values * scale - w) <= 0.5 * scale + 1e-7):
                 return w
@@ -352,7 +356,7 @@ def float_fc_weights(content: bytes, weights: Sequence[np.ndarray]) -> bytes:
 
     for sg in model.subgraphs:
         for op in sg.operators:
-            if builtin(model.operatorCodes[op.opcodeIndex]) != fc or len(op.inputs) < 2:
+            if builtin(model.operatorCodes[op.opcodeIndex]) not in matmuls or len(op.inputs) < 2:
                 continue
             w = sg.tensors[op.inputs[1]]
             if w.type != schema.TensorType.INT8:
@@ -395,7 +399,7 @@ def convert_variant(saved_model_dir: str, variant: str,
             (its node names select what stays float).
         frontend_weights: ``int8`` only: the frontend's matmul weights as TFLite stores them
             (:func:`disentangled_ml.features.frontend_matmul_weights`); those FULLY_CONNECTED
-            ops keep them float32 (see :func:`float_fc_weights`).
+            ops keep them float32 (see :func:`float_matmul_weights`).
 
     Returns:
         ``{"content": bytes, "float_nodes": [...], "extra_float_nodes": [...]}``.
@@ -424,7 +428,7 @@ def convert_variant(saved_model_dir: str, variant: str,
             return c.convert()
         content = _convert(build, variant)
         if frontend_weights:
-            content = float_fc_weights(content, frontend_weights)
+            content = float_matmul_weights(content, frontend_weights)
         return {"content": content}
 
     if representative is None:
