@@ -80,3 +80,27 @@ def test_stage_latency_times_the_network_and_the_frontend_parts(tmp_path):
     # the factorised DFT and LiteRT's RFFT give the same filtered power spectrum (relative to its scale)
     assert rows[3]["max_abs_diff_vs_factorised"] < 1e-4 * max(1.0, rows[3]["max_abs_mel_power"])
     assert rows[-1]["max_abs_diff_vs_polyphase"] < 1e-5
+
+
+def test_latency_ab_times_every_file_in_interleaved_rounds(tmp_path):
+    """benchmarks/latency_ab.py: each file gets one median per round, the reported figure is their
+    median, and the fastest call is no slower than it; the JSON names every file."""
+    import json
+
+    import numpy as np
+
+    import latency_ab
+
+    x = np.zeros((1, 2048), np.float32)
+    paths = []
+    for name, fn in (("double", lambda a: a * 2.0), ("plus_one", lambda a: a + 1.0)):
+        export_bench._waveform_tflite(name, fn, x, str(tmp_path), warmup=1, repeats=1)
+        paths.append(str(tmp_path / f"{name}.tflite"))
+    out = tmp_path / "ab.json"
+    assert latency_ab.main(paths + ["--rounds", "3", "--calls", "2", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["file"] for r in rows] == paths
+    for r in rows:
+        assert len(r["round_medians_ms"]) == 3
+        assert r["latency_ms_median_of_medians"] == sorted(r["round_medians_ms"])[1]
+        assert 0 < r["latency_ms_min"] <= r["latency_ms_median_of_medians"]
