@@ -11,10 +11,11 @@ minor third below a few hundred Hz; these can (README, "The frontend").
 ``frontend.pitch_bands_per_octave = 0`` gives the paper's frontend alone. Every
 number comes from :class:`disentangled_ml.config.FrontendConfig`.
 
-It is written in TensorFlow ops that convert to TFLite *builtins* (frame, MatMul,
-Transpose, Mul, Log; the DFT is two small matmuls, :class:`DFTPlan`), so the same
-graph runs in the ``tf.data`` pipeline, inside the Keras model, in the SavedModel and in the ``.tflite`` export (docs/design.md,
-contract 2: the waveform goes in, no client reimplements the frontend).
+It is written in TensorFlow ops that convert to TFLite *builtins* (Gather, MatMul,
+Transpose, Mul, Log; the DFT is two passes of matmuls, :class:`DFTPlan`), so the same
+graph runs in the ``tf.data`` pipeline, inside the Keras model, in the SavedModel and in
+the ``.tflite`` export (docs/design.md, contract 2: the waveform goes in, no client
+reimplements the frontend).
 
 Three entry points share one definition:
 
@@ -152,7 +153,7 @@ class DFTPlan(NamedTuple):
     touches a few dozen of the 512 bins, so one dense matmul would spend most of its time on zeros.
 
     Why not ``tf.signal.rfft``: LiteRT's RFFT2D kernel is not delegated to XNNPACK. For the 128
-    frames of a 3 s segment the mel spectrum took 1.4 ms through it against about 0.55 ms as
+    frames of a 3 s segment the filtered mel spectrum took 1.83 ms through it against 0.56 ms as
     matmuls (``benchmarks/export.py``, rows ``stage_mel_stft_rfft`` and ``stage_mel_stft``), for
     the same values to float32 rounding (relative difference ~5e-7; tests/test_features.py).
 
