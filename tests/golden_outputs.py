@@ -130,11 +130,11 @@ TOLERANCES: Dict[str, float] = {
     # quantises, fails.
     "int8": 1e-3,
     # full integer: calibrated scales; no jump at one float32 step, but one step of a calibrated
-    # activation moves the embedding by up to 3.5e-3 at perturb_1e-6, and TFLite's builtin int8 kernels
-    # (other requantisation rounding) give 7.8e-3. 1e-2 is the coarsest check here, 3.4 times below the
-    # variant's distance from Keras (0.034): it catches a different quantisation, not fine drift, which
-    # the float variants are there for.
-    "int8_full": 1e-2,
+    # activation moves the embedding by up to 7.7e-3 at perturb_1e-6, and TFLite's builtin int8 kernels
+    # (other requantisation rounding) give 1.35e-2 (the 0.9.2 golden run; 3.5e-3 and 7.8e-3 for the
+    # 0.6.0 one). 2e-2 is the coarsest check here, 1.8 times below the variant's distance from Keras
+    # (0.036): it catches a different quantisation, not fine drift, which the float variants are there for.
+    "int8_full": 2e-2,
 }
 #: A one-part-in-a-thousand change of the log compression must move the Keras embeddings by at least
 #: this many times the Keras tolerance (so the golden test does not catch it by a hair).
