@@ -262,6 +262,11 @@ def frontend_matmul_weights(cfg: FrontendConfig) -> list:
             for i, m in enumerate((plan.stage1, plan.stage2) + tuple(plan.banks))]
 
 
+def _as_constant(m: Any) -> tf.Tensor:
+    """``m`` as a float32 tensor: a tensor as is (``filterbanks(as_tensors=True)``), numpy as a constant."""
+    return m if isinstance(m, tf.Tensor) else tf.constant(m, tf.float32)
+
+
 def _lead_shape(t: tf.Tensor, drop: int) -> Any:
     """The shape of ``t`` without its last ``drop`` axes, for a reshape: a list of Python ints with
     ``-1`` for the one unknown axis when at most one is unknown (a served model's batch), else a
@@ -306,8 +311,7 @@ def _filtered_power(x: tf.Tensor, n_fft: int, hop_length: int, power: float, pla
     The STFT is :class:`DFTPlan`'s factorised DFT of periodic-Hann frames without padding
     (librosa's ``center=False``).
     """
-    const = lambda m: m if isinstance(m, tf.Tensor) else tf.constant(m, tf.float32)  # noqa: E731
-    stage1, stage2 = const(plan.stage1), const(plan.stage2)
+    stage1, stage2 = _as_constant(plan.stage1), _as_constant(plan.stage2)
     Q, P, K = int(stage1.shape[0]), int(stage1.shape[1]), int(stage2.shape[1]) // 2
     frames = _frames(x, n_fft, hop_length)  # [..., T, N]
     lead = _lead_shape(frames, 1)
@@ -322,7 +326,7 @@ def _filtered_power(x: tf.Tensor, n_fft: int, hop_length: int, power: float, pla
         power_spec = tf.sqrt(power_spec)
     # bins in natural order (k2 * P + k1), so that each band group reads one contiguous slice
     natural = tf.reshape(tf.transpose(power_spec, [0, 2, 1]), _with_tail(lead, [P * K]))
-    bands = [tf.matmul(natural[..., lo:hi], const(w)) for (lo, hi), w in zip(plan.bank_bins, plan.banks)]
+    bands = [tf.matmul(natural[..., lo:hi], _as_constant(w)) for (lo, hi), w in zip(plan.bank_bins, plan.banks)]
     return bands[0] if len(bands) == 1 else tf.concat(bands, axis=-1)
 
 
@@ -393,7 +397,6 @@ def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = N
                          f"(n_fft={cfg.n_fft}); pad or use a longer excerpt.")
     if banks is None:
         banks = filterbanks(cfg)
-    as_tensor = lambda m: m if isinstance(m, tf.Tensor) else tf.constant(m, dtype=tf.float32)  # noqa: E731
 
     mel_plan = banks.mel_plan if banks.mel_plan is not None else dft_plan(cfg.n_fft, np.asarray(banks.mel),
                                                                           banks.mel_bins)
@@ -409,7 +412,7 @@ def log_mel(waveform: Any, cfg: FrontendConfig, banks: Optional[Filterbanks] = N
             if banks.decimation is None:
                 raise ValueError("log_mel: the config decimates the pitch STFT but the filterbanks passed have no "
                                  "decimation filter; build them with filterbanks(cfg).")
-            padded = _decimate(padded, as_tensor(banks.decimation), d)
+            padded = _decimate(padded, _as_constant(banks.decimation), d)
         pitch_plan = banks.pitch_plan if banks.pitch_plan is not None else _pitch_plan(cfg, banks.pitch,
                                                                                      banks.pitch_bins)
         pitch = _filtered_power(padded, cfg.pitch_n_fft // d, cfg.hop_length // d, cfg.power, pitch_plan)
