@@ -16,41 +16,36 @@ import argparse
 import json
 import os
 import platform
-import sys
-import time
 
 import numpy as np
+
+# the timing loop of benchmarks/export.py (this folder is on sys.path when a script here runs)
+from export import _time  # noqa: E402
 
 
 def interleaved_latency(paths, rounds: int = 8, calls: int = 40, warmup: int = 10) -> list:
     """Rows ``{"file", "size_bytes", "latency_ms_median_of_medians", "round_medians_ms", "latency_ms_min"}``."""
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from disentangled_ml.export.tflite import open_interpreter
 
-    runners = {}
+    calls_of = {}
     for p in paths:
         interpreter = open_interpreter(p, num_threads=1)
         (name, detail), = interpreter.get_signature_runner().get_input_details().items()
-        samples = int(detail["shape_signature"][-1])
-        x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, samples)).astype(np.float32)
+        x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, int(detail["shape_signature"][-1]))).astype(np.float32)
         runner = interpreter.get_signature_runner()
+        calls_of[p] = (lambda r, n, a: lambda: r(**{n: a}))(runner, name, x)
         for _ in range(warmup):
-            runner(**{name: x})
-        runners[p] = (runner, name, x)
-    medians = {p: [] for p in paths}
-    fastest = {p: float("inf") for p in paths}
+            calls_of[p]()
+    rounds_of = {p: [] for p in paths}
     for _ in range(rounds):
         for p in paths:
-            runner, name, x = runners[p]
-            times = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                runner(**{name: x})
-                times.append((time.perf_counter() - t0) * 1e3)
-            medians[p].append(float(np.median(times)))
-            fastest[p] = min(fastest[p], float(np.min(times)))
-    return [{"file": p, "size_bytes": os.path.getsize(p), "latency_ms_median_of_medians": float(np.median(medians[p])),
-             "round_medians_ms": medians[p], "latency_ms_min": fastest[p]} for p in paths]
+            rounds_of[p].append(_time(calls_of[p], warmup=0, repeats=calls))
+    rows = []
+    for p in paths:
+        medians = [r["latency_ms_median"] for r in rounds_of[p]]
+        rows.append({"file": p, "size_bytes": os.path.getsize(p), "latency_ms_median_of_medians": float(np.median(medians)),
+                     "round_medians_ms": medians, "latency_ms_min": min(r["latency_ms_min"] for r in rounds_of[p])})
+    return rows
 
 
 def main(argv=None) -> int:
